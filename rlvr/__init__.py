@@ -1,0 +1,1 @@
+"""rlvr: distributed RLVR post-training (TP-Schedule, arXiv 2605.25381)."""

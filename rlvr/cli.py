@@ -1,0 +1,36 @@
+"""`rlvr` command line: one entry point, one module per sub-command.
+
+Each sub-command lives in its own module exposing ``main(argv) -> int``; this file
+only dispatches, so `rlvr --help` stays fast (no torch/Ray import until needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("rlvr.driver", "train a policy: rlvr train CONFIG.yaml [CONFIG2.yaml ...] [key=value ...]"),
+    "submit": ("launch.submit", "submit `rlvr train` to a Ray cluster through the Job Submission API"),
+    "eval": ("rlvr.evaluate", "evaluate a checkpoint: rlvr eval CHECKPOINT --data FILE.jsonl"),
+    "report": ("rlvr.report", "plot one or more run directories: rlvr report RUN_DIR [RUN_DIR ...]"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: rlvr COMMAND [args]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<8} {text}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"rlvr: unknown command '{name}'; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Ray actors: thin shells over rlvr/, one class per role."""
