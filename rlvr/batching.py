@@ -1,0 +1,152 @@
+"""Turning ragged rollouts into trainer micro-batches.
+
+Design: the driver plans every micro-batch before anything reaches a trainer, so
+(1) every data-parallel rank runs the same number of micro-batches (FSDP's
+collectives never deadlock on an uneven split), (2) the trainer stays
+algorithm-blind: it receives tensors, never samples, rewards or groups.
+
+A micro-batch is *packed*: its sequences are concatenated into one row, with
+``position_ids`` restarting at 0 for each sequence; transformers builds the
+block-diagonal causal mask from those position ids, so no padding token is
+ever computed.  Per-response tensors (``old_logprob``, ``advantages``,
+``token_weight``…) stay in a padded ``[n, T]`` layout for the losses, and
+``gather_index`` maps each ``[n, T]`` slot to its position in the packed row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class Sample:
+    """One generated response and everything the driver learns about it."""
+
+    prompt_ids: List[int]
+    response_ids: List[int]
+    rollout_logprob: List[float]  # vLLM's sampling log-probs of response_ids
+    text: str = ""  # the full decoded response (what the verifier scores)
+    group: int = 0  # index of the prompt this response answers
+    ground_truth: str = ""  # reference answer of that prompt
+    verifier: str = ""  # verifier registry name of that prompt
+    reward: float = 0.0
+    reason: str = ""  # why the verifier gave 0 without scoring ("timeout", ...)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+@dataclass
+class MicroBatch:
+    """Packed sequences plus per-response tensors in ``[n, T]`` layout."""
+
+    input_ids: torch.Tensor  # [1, S] packed prompt+response tokens (last token of each dropped)
+    position_ids: torch.Tensor  # [1, S] restarting at 0 for each sequence
+    targets: torch.Tensor  # [S] next token at each position
+    gather_index: torch.Tensor  # [n, T] position in the packed row of response token t of sequence i
+    token_mask: torch.Tensor  # [n, T] bool, valid response tokens
+    sample_index: List[int]  # which batch rows these n sequences are
+    fields: Dict[str, torch.Tensor] = field(default_factory=dict)  # old_logprob, advantages, token_weight, ...
+
+    def with_fields(self, **tensors: torch.Tensor) -> "MicroBatch":
+        rows = torch.tensor(self.sample_index)
+        T = self.token_mask.shape[1]
+        sliced = {k: v[rows, :T] for k, v in tensors.items()}
+        return MicroBatch(self.input_ids, self.position_ids, self.targets, self.gather_index,
+                          self.token_mask, self.sample_index, {**self.fields, **sliced})
+
+
+def pad_responses(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded response ids ``[N, T]`` and the valid-token mask."""
+    T = max(1, max(len(s.response_ids) for s in samples))
+    ids = torch.zeros(len(samples), T, dtype=torch.long)
+    mask = torch.zeros(len(samples), T, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        ids[i, : len(s.response_ids)] = torch.tensor(s.response_ids, dtype=torch.long)
+        mask[i, : len(s.response_ids)] = True
+    return ids, mask
+
+
+def pad_values(rows: Sequence[Sequence[float]], T: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), T)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(list(r), dtype=torch.float32)
+    return out
+
+
+def pack(samples: Sequence[Sample], sample_index: Sequence[int]) -> MicroBatch:
+    """Pack ``samples[i] for i in sample_index`` into one micro-batch."""
+    chosen = [samples[i] for i in sample_index]
+    T = max(1, max(len(s.response_ids) for s in chosen))
+    ids, pos, tgt = [], [], []
+    gather = torch.zeros(len(chosen), T, dtype=torch.long)
+    mask = torch.zeros(len(chosen), T, dtype=torch.bool)
+    offset = 0
+    for row, s in enumerate(chosen):
+        seq = list(s.prompt_ids) + list(s.response_ids)
+        ids += seq[:-1]
+        tgt += seq[1:]
+        pos += range(len(seq) - 1)
+        n_resp = len(s.response_ids)
+        # the logit predicting response token t sits at packed position offset + len(prompt) - 1 + t
+        start = offset + len(s.prompt_ids) - 1
+        gather[row, :n_resp] = torch.arange(start, start + n_resp)
+        mask[row, :n_resp] = True
+        offset += len(seq) - 1
+    return MicroBatch(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        position_ids=torch.tensor([pos], dtype=torch.long),
+        targets=torch.tensor(tgt, dtype=torch.long),
+        gather_index=gather,
+        token_mask=mask,
+        sample_index=list(sample_index),
+    )
+
+
+def plan_micro_batches(
+    samples: Sequence[Sample], num_ranks: int, token_budget: int, indices: Optional[Sequence[int]] = None
+) -> List[List[List[int]]]:
+    """Split sample indices over ranks, then into micro-batches under ``token_budget``.
+
+    Returns ``plan[rank][micro] -> sample indices``; every rank gets the same number
+    of micro-batches (a rank may get an empty one only if it has fewer samples than
+    another rank has micro-batches, which the even split below prevents).
+    Samples are dealt round-robin by decreasing length so ranks get similar token counts.
+    """
+    indices = list(range(len(samples))) if indices is None else list(indices)
+    if len(indices) % num_ranks:
+        raise ValueError(f"{len(indices)} samples do not split evenly over {num_ranks} trainer ranks")
+    order = sorted(indices, key=lambda i: -samples[i].num_tokens)
+    per_rank = [order[r::num_ranks] for r in range(num_ranks)]
+    plans = [_greedy_pack(samples, rank_idx, token_budget) for rank_idx in per_rank]
+    n_micro = max(len(p) for p in plans)
+    # equalise the count: split the largest micro-batch of short ranks until counts match
+    for p in plans:
+        while len(p) < n_micro:
+            big = max(range(len(p)), key=lambda j: len(p[j]))
+            if len(p[big]) < 2:
+                raise ValueError("cannot give every trainer rank the same number of micro-batches; "
+                                 "raise trainer.micro_batch_tokens")
+            half = len(p[big]) // 2
+            p[big:big + 1] = [p[big][:half], p[big][half:]]
+    return plans
+
+
+def _greedy_pack(samples: Sequence[Sample], idx: Sequence[int], budget: int) -> List[List[int]]:
+    out: List[List[int]] = []
+    cur: List[int] = []
+    used = 0
+    for i in idx:
+        n = samples[i].num_tokens - 1
+        if cur and used + n > budget:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += n
+    if cur:
+        out.append(cur)
+    return out

@@ -1,0 +1,232 @@
+"""`rlvr train`: the RL loop of TP-Schedule (arXiv 2605.25381) across Ray actors.
+
+One step, top to bottom (``RLLoop.step``):
+  sample prompts -> generate (vLLM) -> verify the FULL response -> advantages
+  -> scheduler broadcasts (step, percentile, decay) -> old log-probs/entropy
+  -> token credit -> train (FSDP) -> sync weights to the engines.
+
+Design decisions:
+* Rewards are computed on the full response text, before any credit masking.
+  (The paper's released code scores only the unmasked suffix, which at a 0.99
+  threshold cuts the final answer away.)
+* The driver computes advantages, ``token_weight`` and the loss denominators;
+  trainers never see rewards or groups (algorithm-blind).  The Scheduler actor
+  pushes the step's percentile/decay to every trainer, and a trainer refuses to
+  train on a step it was not told about.
+* A dead rollout or reward actor is restarted by Ray; the driver re-sends the
+  latest weights to a restarted engine and retries the call.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Dict, List, Sequence
+
+import torch
+
+from rlvr.algo.advantages import get_advantage_fn
+from rlvr.algo.credit import CreditInputs, compute_token_weight
+from rlvr.algo.entropy_adv import shape_advantages
+from rlvr.algo.losses import aggregation_denominator
+from rlvr.batching import Sample, pack, pad_responses, pad_values, plan_micro_batches
+from rlvr.config import ConfigError, RLConfig, load_config
+from rlvr.runtime import Actors
+
+WEIGHT_BUCKET_BYTES = 256 << 20
+
+
+class RLLoop:
+    def __init__(self, cfg: RLConfig, actors: Actors, tokenizer):
+        self.cfg, self.actors, self.tokenizer = cfg, actors, tokenizer
+        self.weights_ref = None  # trainer rank 0's latest exported weights (Ray object ref)
+        self.times: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ the step
+    def step(self, step: int, prompts: Sequence) -> Dict[str, float]:
+        cfg, a = self.cfg, self.cfg.algorithm
+        self.times = {}
+        t0 = time.perf_counter()
+        with self.timed("generate"):
+            samples = self.generate(prompts, a.group_size, cfg.rollout.temperature, seed_base=step)
+        with self.timed("verify"):
+            self.score(samples)  # the full response text, whatever the percentile
+        rewards = torch.tensor([s.reward for s in samples])
+        adv_seq, adv_metrics = get_advantage_fn(a.advantage)(rewards, a.group_size, a.advantage_eps)
+        values = self.call(self.actors.scheduler.broadcast.remote())
+        with self.timed("stats"):
+            old_logprob, entropy = self.old_stats(samples)
+        with self.timed("credit"):
+            _, mask = pad_responses(samples)
+            advantages = adv_seq[:, None] * mask
+            if values["entropy_adv_scale"]:
+                advantages = shape_advantages(advantages, entropy, values["entropy_adv_scale"],
+                                              a.entropy_adv.alpha, a.entropy_adv.kappa) * mask
+            credit_in = CreditInputs(token_mask=mask, entropy=entropy, logprob=old_logprob, advantages=advantages)
+            token_weight, targeted, credit_metrics = compute_token_weight(
+                a.credit.criterion, credit_in, values["percentile"], values["decay"], a.credit.scope, a.group_size)
+        with self.timed("train"):
+            fields = {"old_logprob": old_logprob, "advantages": advantages, "token_weight": token_weight}
+            train_metrics = self.train(step, samples, fields)
+        with self.timed("sync"):
+            self.sync_weights()
+        self.call(self.actors.scheduler.advance.remote())
+        rollout_lp = pad_values([s.rollout_logprob for s in samples], mask.shape[1])
+        n_tokens = float(mask.sum())
+        metrics = {
+            "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+            "train/accuracy": float((rewards >= 1.0).float().mean()),
+            "response/length_mean": n_tokens / len(samples),
+            "adv/zero_variance_group_frac": adv_metrics.get("zero_variance_group_frac", 0.0),
+            "policy/entropy": float((entropy * mask).sum() / max(n_tokens, 1.0)),
+            "policy/entropy_targeted": float((entropy * targeted).sum() / max(float(targeted.sum()), 1.0)),
+            "credit/targeted_frac": credit_metrics["targeted_frac"],
+            "credit/token_weight_mean": credit_metrics["token_weight_mean"],
+            "rollout/logprob_mismatch": float(((rollout_lp - old_logprob).abs() * mask).sum() / max(n_tokens, 1.0)),
+            "verifier/failures": float(sum(1 for s in samples if s.reason)),
+            **train_metrics,
+            **{f"time/{k}": v for k, v in self.times.items()},
+        }
+        metrics["time/step"] = time.perf_counter() - t0
+        metrics["perf/tokens_per_s"] = sum(s.num_tokens for s in samples) / max(metrics["time/step"], 1e-9)
+        return metrics
+
+    # ------------------------------------------------------------------ phases
+    def generate(self, prompts: Sequence, n: int, temperature: float, seed_base: int) -> List[Sample]:
+        """``n`` responses per prompt, prompts split evenly over the rollout workers."""
+        ids = [self.tokenizer(self.format(p.prompt))["input_ids"] for p in prompts]
+        seeds = [(self.cfg.seed * 1_000_003 + seed_base * 10_007 + i) % (2**31) for i in range(len(prompts))]
+        workers = self.actors.rollouts
+        shards = [range(len(prompts))[w::len(workers)] for w in range(len(workers))]
+        calls = [(w, "generate", ([ids[i] for i in s], n, temperature, [seeds[i] for i in s], 0))
+                 for w, s in zip(workers, shards)]
+        results = self.call_rollouts(calls)
+        samples: List[Sample] = [None] * (len(prompts) * n)  # type: ignore[list-item]
+        for shard, out in zip(shards, results):
+            for j, sample in enumerate(out):
+                prompt_index = shard[j // n]
+                sample.group = prompt_index
+                samples[prompt_index * n + j % n] = sample
+        for s in samples:
+            prompt = prompts[s.group]
+            s.ground_truth, s.verifier = prompt.ground_truth, prompt.verifier
+        return samples
+
+    def format(self, text: str) -> str:
+        from rlvr.data import format_prompt
+
+        return format_prompt(self.tokenizer, text, self.cfg.data.chat_template)
+
+    def score(self, samples: List[Sample]) -> None:
+        requests = [(s.verifier, s.text, s.ground_truth) for s in samples]
+        rewards, reasons = self.call(lambda: self.actors.reward.score.remote(requests), retries=2)
+        for s, r, why in zip(samples, rewards, reasons):
+            s.reward, s.reason = float(r), why
+
+    def old_stats(self, samples: List[Sample]):
+        """Trainer-side log-probs and entropies of every response token, ``[N, T]`` each."""
+        world = len(self.actors.trainers)
+        plan = plan_micro_batches(samples, world, self.cfg.trainer.micro_batch_tokens)
+        refs = [t.compute_stats.remote([pack(samples, ix) for ix in plan[r]]) for r, t in enumerate(self.actors.trainers)]
+        _, mask = pad_responses(samples)
+        logprob, entropy = torch.zeros(mask.shape), torch.zeros(mask.shape)
+        for rank_out in self.call(refs):
+            for index, lp, ent in rank_out:
+                rows = torch.tensor(index)
+                logprob[rows, : lp.shape[1]], entropy[rows, : ent.shape[1]] = lp, ent
+        return logprob, entropy
+
+    def train(self, step: int, samples: List[Sample], fields: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """Split into ``updates_per_batch`` mini-batches (whole groups), plan micro-batches, train every rank."""
+        cfg, world = self.cfg, len(self.actors.trainers)
+        groups = sorted({s.group for s in samples})
+        chunks = [groups[j::cfg.trainer.updates_per_batch] for j in range(cfg.trainer.updates_per_batch)]
+        per_rank: List[List] = [[] for _ in range(world)]
+        denoms = []
+        for chunk in chunks:
+            index = [i for i, s in enumerate(samples) if s.group in set(chunk)]
+            denoms.append(aggregation_denominator(cfg.algorithm.loss.agg, fields["token_weight"][index]))
+            plan = plan_micro_batches(samples, world, cfg.trainer.micro_batch_tokens, index)
+            for r in range(world):
+                per_rank[r].append([pack(samples, ix).with_fields(**fields) for ix in plan[r]])
+        refs = [t.train.remote(step, per_rank[r], cfg.algorithm.loss, denoms, cfg.rollout.max_tokens)
+                for r, t in enumerate(self.actors.trainers)]
+        return self.call(refs)[0]
+
+    def sync_weights(self) -> None:
+        """Rank 0 exports once; every engine loads the same object; hashes must match."""
+        outs = [t.export_weights.options(num_returns=2).remote(WEIGHT_BUCKET_BYTES) for t in self.actors.trainers]
+        sent_hash = self.call([h for _, h in outs])[0]
+        self.weights_ref = outs[0][0]
+        loaded = self.call_rollouts([(w, "load_weights", (self.weights_ref,)) for w in self.actors.rollouts])
+        if any(h != sent_hash for h in loaded):
+            raise RuntimeError(f"weight sync failed: trainer sent {sent_hash}, engines loaded {loaded}")
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def timed(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+
+    def call(self, refs_or_fn, retries: int = 0):
+        """``ray.get`` with retries for a callable that re-submits after an actor died."""
+        import ray
+
+        for attempt in range(retries + 1):
+            try:
+                return ray.get(refs_or_fn() if callable(refs_or_fn) else refs_or_fn)
+            except ray.exceptions.RayActorError:
+                if attempt == retries:
+                    raise
+                print(f"[rlvr] actor died; retrying ({attempt + 1}/{retries})", file=sys.stderr, flush=True)
+
+    def call_rollouts(self, calls) -> List:
+        """Run ``(worker, method, args)`` on rollout workers; a restarted worker gets the latest weights first."""
+        import ray
+
+        refs = [getattr(w, m).remote(*args) for w, m, args in calls]
+        out = []
+        for (w, m, args), ref in zip(calls, refs):
+            for attempt in range(3):
+                try:
+                    out.append(ray.get(ref))
+                    break
+                except ray.exceptions.RayActorError:
+                    if attempt == 2:
+                        raise
+                    print(f"[rlvr] rollout worker died during {m}; restarting it", file=sys.stderr, flush=True)
+                    if self.weights_ref is not None and m != "load_weights":
+                        ray.get(w.load_weights.remote(self.weights_ref))
+                    ref = getattr(w, m).remote(*args)
+        return out
+
+
+def evaluate(loop: RLLoop, prompts: Sequence, temperature: float) -> float:
+    """Held-out accuracy: one response per prompt (greedy at temperature 0)."""
+    samples = loop.generate(prompts, 1, temperature, seed_base=-1)
+    loop.score(samples)
+    return sum(s.reward >= 1.0 for s in samples) / max(len(samples), 1)
+
+
+def main(argv: List[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: rlvr train CONFIG.yaml [CONFIG2.yaml ...] [key=value ...] [resume=CHECKPOINT_DIR]")
+        return 0 if argv else 2
+    paths = [a for a in argv if "=" not in a]
+    overrides = ["checkpoint." + a if a.startswith("resume=") else a for a in argv if "=" in a]
+    try:
+        cfg = load_config(paths, overrides)
+    except ConfigError as exc:
+        print(f"ConfigError: {exc}", file=sys.stderr)
+        return 2
+    from rlvr.run import run
+
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

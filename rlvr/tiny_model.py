@@ -1,0 +1,228 @@
+"""The CPU model that can learn: a tiny Qwen2 built from code, warm-started on arithmetic.
+
+Design: the end-to-end system needs a policy that loads in vLLM and in
+``transformers`` like any HF checkpoint, builds offline in seconds on two CPU
+cores, and -- the point of it -- starts *bad but not hopeless* on the held-out
+arithmetic task (greedy accuracy ~10-25%), so that a short GRPO run visibly
+raises it.  So we build a real ``Qwen2ForCausalLM`` (the architecture vLLM
+serves natively; head size must be one vLLM's CPU attention supports, see
+``rlvr.config.VLLM_CPU_HEAD_DIMS``) with a character-level ``tokenizers``
+vocabulary, then stop a short supervised run early: the model has learned the
+answer format (digits, then EOS) and a blurred map from operands to sums, so
+samples at temperature 1 are often right where greedy decoding is not -- the
+regime where group-normalised policy gradients improve pass@1 quickly.
+
+:func:`ensure_model` builds into ``cache_dir/<hash of the TinyModelConfig,
+the warm-start task and GENERATOR_VERSION>/``: it writes a temporary directory
+and renames it into place, so a directory that exists is complete and two
+processes racing to build it both end with the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import string
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from rlvr.config import DataSection, DatasetConfig, ModelConfig, TinyModelConfig
+from rlvr.data import GENERATOR_VERSION, Prompt, generate_arithmetic
+
+logger = logging.getLogger(__name__)
+
+BUILD_VERSION = 1  # bump when the tokenizer, architecture or warm-start recipe changes
+PAD, EOS, UNK, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|unk|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (PAD, EOS, UNK, IM_START, IM_END)
+CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))  # newline and printable ASCII
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+FIRST_INTEGER = re.compile(r"-?\d+")
+BUILD_INFO = "rlvr_tiny_model.json"  # written next to the weights: config, key, accuracy, build time
+
+
+# --------------------------------------------------------------------------- tokenizer
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character (``CHARACTERS``) plus the special tokens; decoding joins characters."""
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(CHARACTERS))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- model
+def build_model(tcfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2 of the configured size (seeded by ``tcfg.seed``)."""
+    if tcfg.hidden_size % tcfg.num_heads or tcfg.num_heads % tcfg.num_kv_heads:
+        raise ValueError(
+            f"tiny model: hidden_size ({tcfg.hidden_size}) must divide by num_heads ({tcfg.num_heads}) "
+            f"and num_heads by num_kv_heads ({tcfg.num_kv_heads})"
+        )
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=tcfg.hidden_size,
+        intermediate_size=tcfg.intermediate_size,
+        num_hidden_layers=tcfg.num_layers,
+        num_attention_heads=tcfg.num_heads,
+        num_key_value_heads=tcfg.num_kv_heads,
+        max_position_embeddings=tcfg.max_position,
+        tie_word_embeddings=True,  # the vocabulary is tiny; tying halves nothing important but is Qwen2-small style
+        use_sliding_window=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        dtype="float32",
+    )
+    torch.manual_seed(tcfg.seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+    )
+    return model
+
+
+# --------------------------------------------------------------------------- warm start
+def sft_batch(tokenizer: PreTrainedTokenizerFast, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
+    """Right-padded ``prompt + answer + EOS``; the loss (``labels``) covers only ``answer + EOS``."""
+    rows = []
+    for p in prompts:
+        prompt_ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(p.ground_truth, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention_mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig,
+               max_operand: int) -> float:
+    """Supervised steps on training-part arithmetic (never held-out prompts); returns the last loss."""
+    steps, batch = tcfg.warmstart_steps, tcfg.warmstart_batch
+    prompts = generate_arithmetic(steps * batch, seed=tcfg.seed, max_operand=max_operand, heldout=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.warmstart_lr, weight_decay=0.0)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        loss = model(**sft_batch(tokenizer, prompts[step * batch : (step + 1) * batch])).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    return float(loss)
+
+
+# --------------------------------------------------------------------------- evaluation
+def first_integer_match(response: str, ground_truth: str) -> bool:
+    """The arithmetic verifier's rule: the response's first integer equals the ground truth."""
+    found = FIRST_INTEGER.search(response)
+    return found is not None and found.group() == ground_truth.strip()
+
+
+@torch.no_grad()
+def greedy_accuracy(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, prompts: list[Prompt],
+                    max_new_tokens: int = 8, batch_size: int = 128) -> float:
+    """Greedy pass@1 with ``transformers.generate`` (prompts used as-is, no chat template)."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        enc = tokenizer([p.prompt for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        correct += sum(first_integer_match(t, p.ground_truth) for t, p in zip(texts, chunk))
+    return correct / max(len(prompts), 1)
+
+
+def heldout_prompts(max_operand: int) -> list[Prompt]:
+    """The default eval set (``DataSection().eval``) at this operand range."""
+    eval_cfg = DataSection().eval
+    return generate_arithmetic(eval_cfg.synthetic_rows, eval_cfg.synthetic_seed, max_operand, heldout=True)
+
+
+# --------------------------------------------------------------------------- build + cache
+def cache_key(tcfg: TinyModelConfig, max_operand: int) -> str:
+    spec = {"tiny": asdict(tcfg), "max_operand": max_operand, "generator": GENERATOR_VERSION,
+            "build": BUILD_VERSION}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_tiny_model(tcfg: TinyModelConfig, max_operand: int, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Build, warm-start and save model + tokenizer into ``out_dir``; returns the build info."""
+    start = time.perf_counter()
+    tokenizer = build_tokenizer()
+    with torch.random.fork_rng():  # leave the caller's RNG state alone
+        model = build_model(tcfg, tokenizer)
+        last_loss = warm_start(model, tokenizer, tcfg, max_operand)
+    accuracy = greedy_accuracy(model, tokenizer, heldout_prompts(max_operand))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    info = {"key": cache_key(tcfg, max_operand), "tiny": asdict(tcfg), "max_operand": max_operand,
+            "generator_version": GENERATOR_VERSION, "build_version": BUILD_VERSION,
+            "warmstart_last_loss": last_loss, "heldout_greedy_accuracy": accuracy,
+            "build_seconds": round(time.perf_counter() - start, 2)}
+    Path(out_dir, BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def ensure_model(cfg: ModelConfig, max_operand: int = DatasetConfig.max_operand) -> str:
+    """An HF checkpoint directory for ``cfg``: ``cfg.path`` itself, or the cached tiny model (built if absent).
+
+    ``max_operand`` is the operand range of the warm-start task; pass ``data.train.max_operand``.
+    """
+    if cfg.path != "tiny":
+        path = os.path.expanduser(cfg.path)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"model.path={cfg.path!r} is not an HF checkpoint directory (no config.json)")
+        return path
+    root = Path(cfg.cache_dir).expanduser()
+    final = root / cache_key(cfg.tiny, max_operand)
+    if (final / "config.json").is_file():
+        logger.info("tiny model: reusing %s", final)
+        return str(final)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    try:
+        info = build_tiny_model(cfg.tiny, max_operand, tmp)
+        _publish(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("tiny model: built %s in %.1fs (held-out greedy accuracy %.1f%%, last warm-start loss %.3f)",
+                final, info["build_seconds"], 100 * info["heldout_greedy_accuracy"], info["warmstart_last_loss"])
+    return str(final)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Atomically move a finished build into place; losing a race to another builder is fine."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "config.json").is_file():
+            raise
+        logger.info("tiny model: %s was built concurrently by another process; using it", final)

@@ -1,0 +1,170 @@
+"""The algorithm-blind trainer: forward/backward on the tensors it is given.
+
+Design: advantages, ``token_weight`` and the loss denominators are computed by
+the driver before anything reaches here (STYLE: the trainer is
+algorithm-blind).  The trainer only (1) recomputes ``old_logprob`` and entropy,
+(2) runs micro-batched forward/backward with gradient accumulation, where each
+micro-batch's loss is divided by the *whole batch's* denominator so that the
+summed micro-batch gradients — across micro-batches and, via
+``world_size``-scaled FSDP averaging, across ranks — equal the full-batch
+gradient exactly, (3) clips the global grad norm and steps AdamW.
+
+This class is plain Python over torch; ``workers/trainer.py`` is the Ray shell.
+It runs unsharded (``mesh=None``) in tests and in the 1-process reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from rlvr.algo.losses import POLICY_LOSSES, LossInputs
+from rlvr.batching import MicroBatch
+from rlvr.config import LossConfig, TrainerConfig
+from rlvr.parallel import parallelize
+from rlvr.policy import PolicyModel, load_hf_model
+
+
+class Trainer:
+    def __init__(self, model_path: str, cfg: TrainerConfig, mesh=None, device: str = "cpu", temperature: float = 1.0):
+        self.cfg = cfg
+        self.temperature = temperature  # the rollout's sampling temperature: train on the sampled distribution
+        self.mesh = mesh
+        self.device = torch.device(device)
+        self.world_size = mesh.size() if mesh is not None else 1
+        policy = PolicyModel(load_hf_model(model_path, cfg.attn_implementation), chunk=cfg.logprob_chunk)
+        self.policy = parallelize(policy.to(self.device), mesh, cfg)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
+        warmup = max(1, cfg.warmup_steps)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.optimizer_steps = 0
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, mb: MicroBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-response ``[n, T]`` log-prob and entropy of one packed micro-batch."""
+        logprob, entropy = self.policy(
+            mb.input_ids.to(self.device), mb.position_ids.to(self.device), mb.targets.to(self.device), self.temperature
+        )
+        idx, mask = mb.gather_index.to(self.device), mb.token_mask.to(self.device)
+        return logprob[idx] * mask, entropy[idx] * mask
+
+    @torch.no_grad()
+    def compute_stats(self, micro_batches: Sequence[MicroBatch]) -> List[Tuple[List[int], torch.Tensor, torch.Tensor]]:
+        """``old_logprob`` and entropy for every response: ``[(sample_index, logprob, entropy)]``."""
+        self.policy.eval()
+        out = []
+        for mb in micro_batches:
+            logprob, entropy = self._forward(mb)
+            out.append((mb.sample_index, logprob.float().cpu(), entropy.float().cpu()))
+        return out
+
+    # ------------------------------------------------------------------ update
+    def train_step(
+        self, mini_batches: Sequence[Sequence[MicroBatch]], loss_cfg: LossConfig, denoms: Sequence[float], norm_len: int
+    ) -> Dict[str, float]:
+        """One optimizer step per mini-batch; ``denoms[j]`` is mini-batch j's global loss denominator."""
+        self.policy.train()
+        metrics: Dict[str, float] = {}
+        for micro_batches, denom in zip(mini_batches, denoms):
+            step_metrics = self._accumulate(micro_batches, loss_cfg, denom, norm_len)
+            step_metrics["train/grad_norm"] = self._clip_and_step()
+            for k, v in step_metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v / len(mini_batches)
+        metrics["train/lr"] = self.lr_scheduler.get_last_lr()[0]
+        return metrics
+
+    def _accumulate(self, micro_batches, loss_cfg: LossConfig, denom: float, norm_len: int) -> Dict[str, float]:
+        """Forward/backward every micro-batch; metrics are token-weighted means over all ranks."""
+        loss_fn = POLICY_LOSSES[loss_cfg.name]
+        names: List[str] = []
+        sums: List[float] = []
+        loss_total, weight_total = 0.0, 0.0
+        for mb in micro_batches:
+            logprob, _ = self._forward(mb)
+            f = {k: v.to(self.device) for k, v in mb.fields.items()}
+            inputs = LossInputs(
+                logprob=logprob, old_logprob=f["old_logprob"], advantages=f["advantages"],
+                token_weight=f["token_weight"], token_mask=mb.token_mask.to(self.device),
+                ref_logprob=f.get("ref_logprob"), norm_len=norm_len, denom=denom,
+            )
+            loss, loss_metrics = loss_fn(inputs, loss_cfg)
+            # FSDP averages gradients over ranks; each rank's loss is a partial sum of the global loss
+            (loss * self.world_size).backward()
+            w = float(f["token_weight"].sum())
+            if not names:
+                names, sums = sorted(loss_metrics), [0.0] * len(loss_metrics)
+            sums = [acc + loss_metrics[k] * w for acc, k in zip(sums, names)]
+            loss_total += float(loss.detach())
+            weight_total += w
+        totals = torch.tensor([loss_total, weight_total, *sums], dtype=torch.float64, device=self.device)
+        if self.mesh is not None:
+            dist.all_reduce(totals)
+        loss_total, weight_total, *sums = totals.tolist()
+        out = {f"loss/{k}": v / max(weight_total, 1e-12) for k, v in zip(names, sums)}
+        out["train/loss"] = loss_total
+        return out
+
+    def _clip_and_step(self) -> float:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
+        return float(norm)
+
+    # ------------------------------------------------------------------ weights
+    def full_state_dict(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The unsharded HF-named weights on CPU (a collective: every rank must call it); None off rank 0."""
+        if self.mesh is None:
+            sd = self.policy.state_dict()
+        else:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            sd = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if dist.get_rank() != 0:
+                return None
+        return {self.policy_key(k): v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+
+    @staticmethod
+    def policy_key(key: str) -> str:
+        return key[len("hf."):] if key.startswith("hf.") else key
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str) -> None:
+        """Sharded model + optimizer (torch.distributed.checkpoint) plus this rank's scheduler and RNG."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.policy, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(path, "trainer"))
+        torch.save(self._local_state(), os.path.join(path, f"trainer_rank{self._rank()}.pt"))
+
+    def load(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.policy, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=os.path.join(path, "trainer"))
+        set_state_dict(self.policy, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        local = torch.load(os.path.join(path, f"trainer_rank{self._rank()}.pt"), weights_only=False)
+        self.lr_scheduler.load_state_dict(local["lr_scheduler"])
+        self.optimizer_steps = local["optimizer_steps"]
+        torch.set_rng_state(local["rng"])
+
+    def _local_state(self) -> dict:
+        return {"lr_scheduler": self.lr_scheduler.state_dict(), "optimizer_steps": self.optimizer_steps,
+                "rng": torch.get_rng_state()}
+
+    def _rank(self) -> int:
+        return dist.get_rank() if self.mesh is not None else 0

@@ -1,0 +1,193 @@
+"""pass@k against enumeration, summary breakdowns, and run_eval keeping samples on errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+
+from rlvr import evaluate
+from rlvr.evaluate import EvalInputError, mean_at_k, pass_at_k, run_eval, summarize
+
+
+def brute_pass_at_k(n, c, k):
+    """Fraction of the k-subsets of n samples (the first c correct) holding a correct one."""
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(i < c for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_matches_enumeration_of_all_subsets():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    assert pass_at_k(1000, 3, 1) == pytest.approx(0.003)
+    exact = 1 - math.comb(1000 - 3, 100) / math.comb(1000, 100)
+    assert pass_at_k(1000, 3, 100) == pytest.approx(exact, rel=1e-12)
+    assert pass_at_k(5000, 0, 64) == 0.0 and pass_at_k(5000, 5000, 64) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+
+
+def test_mean_at_k():
+    assert mean_at_k([1.0, 0.0, 0.5, 0.5], 2) == 0.5
+    assert mean_at_k([1.0, 0.0, 0.5, 0.5], 4) == 0.5
+    with pytest.raises(ValueError):
+        mean_at_k([1.0], 2)
+
+
+def records(scores_by_prompt, metas):
+    return [{"index": i, "sample": j, "score": s, "meta": meta}
+            for i, (scores, meta) in enumerate(zip(scores_by_prompt, metas)) for j, s in enumerate(scores)]
+
+
+def test_summarize_overall_and_breakdowns():
+    recs = records([[1.0, 0.0], [1.0, 1.2], [0.0, 0.2]],
+                   [{"subject": "Algebra", "level": 1}, {"subject": "Algebra", "level": 2},
+                    {"subject": "Geometry", "level": 2}])
+    s = summarize(recs, ks=[2])
+    assert s["num_prompts"] == 3 and s["num_samples"] == 6
+    assert s["pass@1"] == pytest.approx((0.5 + 1 + 0) / 3)
+    assert s["pass@2"] == pytest.approx(2 / 3)
+    assert s["mean@2"] == pytest.approx((0.5 + 1.1 + 0.1) / 3)
+    assert s["by_subject"]["Algebra"]["pass@1"] == pytest.approx(0.75)
+    assert s["by_subject"]["Algebra"]["pass@2"] == 1.0
+    assert s["by_subject"]["Geometry"] == {"num_prompts": 1, "num_samples": 2, "pass@1": 0.0, "pass@2": 0.0,
+                                           "mean@2": pytest.approx(0.1)}
+    assert s["by_level"]["1"]["pass@1"] == 0.5
+    assert s["by_level"]["2"]["pass@2"] == 0.5
+    assert "by_subject" not in summarize(records([[1.0]], [{}]))
+
+
+# --------------------------------------------------------------------------- run_eval
+def prompts(count):
+    return [{"prompt": f"q{i}", "ground_truth": str(i), "verifier": "arithmetic", "meta": {"level": i % 2}}
+            for i in range(count)]
+
+
+class Fakes:
+    """generate_fn answers sample j of prompt qi with str(i) when j is even; score_fn checks equality."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def generate(self, texts, n):
+        self.chunks.append(len(texts))
+        return [[t[1:] if j % 2 == 0 else "wrong" for j in range(n)] for t in texts]
+
+    def score(self, jobs):
+        scores = [1.0 if response == truth else 0.0 for _, response, truth in jobs]
+        return scores, ["ok" if s else "mismatch" for s in scores]
+
+
+def read_samples(out_dir):
+    with open(out_dir / "samples.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_run_eval_chunks_writes_samples_and_summary(tmp_path):
+    fakes = Fakes()
+    summary = run_eval(prompts(5), fakes.generate, fakes.score, n=4, ks=[1, 4], out_dir=str(tmp_path),
+                       chunk_size=2, show_progress=False)
+    assert fakes.chunks == [2, 2, 1]
+    samples = read_samples(tmp_path)
+    assert len(samples) == 20 and [s["index"] for s in samples[:5]] == [0, 0, 0, 0, 1]
+    assert samples[1] == {"index": 0, "sample": 1, "prompt": "q0", "ground_truth": "0",
+                          "verifier": "arithmetic", "meta": {"level": 0}, "response": "wrong", "score": 0.0,
+                          "correct": False, "info": "mismatch"}
+    assert summary["pass@1"] == 0.5 and summary["pass@4"] == 1.0 and summary["mean@4"] == 0.5
+    assert summary["complete"] is True and summary["by_level"]["1"]["num_prompts"] == 2
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+
+
+def test_iterator_error_midway_keeps_scored_samples(tmp_path):
+    class DataError(ValueError):
+        pass
+
+    def rows():
+        yield from prompts(5)
+        raise DataError("test.jsonl row 6: field 'answer': missing")
+
+    fakes = Fakes()
+    with pytest.raises(DataError, match="row 6: field 'answer'"):
+        run_eval(rows(), fakes.generate, fakes.score, n=2, ks=[1], out_dir=str(tmp_path), chunk_size=2,
+                 show_progress=False)
+    # The 4 prompts of the full chunks and the 1 read before the error are all saved.
+    assert [s["index"] for s in read_samples(tmp_path)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete"] is False and summary["num_prompts"] == 5 and "row 6" in summary["error"]
+
+
+def test_backend_failure_loses_only_its_chunk(tmp_path):
+    fakes = Fakes()
+
+    def generate(texts, n):
+        if fakes.chunks:
+            raise RuntimeError("engine died")
+        return fakes.generate(texts, n)
+
+    with pytest.raises(RuntimeError, match="engine died"):
+        run_eval(prompts(6), generate, fakes.score, n=1, ks=[1], out_dir=str(tmp_path), chunk_size=3,
+                 show_progress=False)
+    assert [s["index"] for s in read_samples(tmp_path)] == [0, 1, 2]
+    assert json.loads((tmp_path / "summary.json").read_text())["complete"] is False
+
+
+def test_malformed_prompt_names_row_and_field(tmp_path):
+    items = prompts(4)
+    del items[2]["ground_truth"]
+    fakes = Fakes()
+    with pytest.raises(EvalInputError, match="row 3: field 'ground_truth': missing"):
+        run_eval(items, fakes.generate, fakes.score, n=1, ks=[1], out_dir=str(tmp_path), chunk_size=1,
+                 show_progress=False)
+    assert [s["prompt"] for s in read_samples(tmp_path)] == ["q0", "q1"]
+
+
+# --------------------------------------------------------------------------- CLI
+def write_gsm8k(path, bad_row=None):
+    with open(path, "w") as f:
+        for i in range(1, 5):
+            row = {"question": f"q{i}", "answer": f"work\n#### {i}"}
+            if i == bad_row:
+                del row["answer"]
+            f.write(json.dumps(row) + "\n")
+
+
+def test_cli_fail_on_bad_row_names_file_row_field_and_keeps_samples(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "gsm8k.jsonl"
+    write_gsm8k(data, bad_row=3)
+    monkeypatch.setattr(evaluate, "_build_backends",
+                        lambda cfg, ckpt: (lambda texts, n: [[t[1:]] * n for t in texts], Fakes().score))
+    out = tmp_path / "out"
+    argv = ["eval", "ckpt", "--data", str(data), "--adapter", "gsm8k", "--n", "2", "--k", "1,2",
+            "--out", str(out), "--chunk", "1", "eval.temperature=1.0",
+            "data.on_bad_row=fail", "logging.progress=false"]
+    from rlvr.cli import main as cli
+
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{data} row 3: field 'answer': missing" in err
+    assert [s["ground_truth"] for s in read_samples(out)] == ["1", "1", "2", "2"]
+
+    # Default on_bad_row=skip: the row is reported, the others evaluated.
+    assert cli(argv[:-2] + ["logging.progress=false"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "row 3" in captured.err and "pass@2=1.0000" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_prompts"] == 3 and summary["pass@1"] == 1.0
+
+
+def test_cli_backends_are_left_to_the_ray_loop(tmp_path):
+    data = tmp_path / "gsm8k.jsonl"
+    write_gsm8k(data)
+    with pytest.raises(NotImplementedError, match="wired by the Ray loop"):
+        evaluate.main([str(tmp_path), "--data", str(data), "--adapter", "gsm8k", "--limit", "2"])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["ckpt", "--data", "x", "--adapter", "gsm8k", "--n", "2", "--k", "1,4"])

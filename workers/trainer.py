@@ -1,0 +1,68 @@
+"""TrainerWorker: one rank of the FSDP2 trainer group (thin shell over rlvr.trainer)."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from rlvr.batching import MicroBatch
+from rlvr.config import LossConfig, TrainerConfig
+
+
+class TrainerWorker:
+    def __init__(self, rank: int, world_size: int, cfg: TrainerConfig, seed: int):
+        torch.manual_seed(seed)
+        torch.set_num_threads(max(1, int(cfg.num_cpus)))
+        self.rank, self.world_size, self.cfg = rank, world_size, cfg
+        self.received: List[Dict[str, float]] = []  # every schedule broadcast, in order
+
+    def address(self) -> Tuple[str, int]:
+        """Rank 0's (ip, free port) for the process group rendezvous."""
+        import socket
+
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int, model_path: str, temperature: float) -> None:
+        from rlvr.parallel import init_distributed
+        from rlvr.trainer import Trainer
+
+        mesh = init_distributed(self.rank, self.world_size, master_addr, master_port, self.cfg.backend)
+        device = "cuda" if mesh.device_type == "cuda" else "cpu"
+        self.trainer = Trainer(model_path, self.cfg, mesh=mesh, device=device, temperature=temperature)
+
+    def set_schedule(self, values: Dict[str, float]) -> None:
+        """Called by the Scheduler actor before each train call."""
+        self.received.append(dict(values))
+
+    def received_schedule(self) -> List[Dict[str, float]]:
+        return self.received
+
+    def compute_stats(self, micro_batches: Sequence[MicroBatch]) -> List[Tuple[List[int], torch.Tensor, torch.Tensor]]:
+        return self.trainer.compute_stats(micro_batches)
+
+    def train(self, step: int, mini_batches: Sequence[Sequence[MicroBatch]], loss_cfg: LossConfig,
+              denoms: Sequence[float], norm_len: int) -> Dict[str, float]:
+        latest = self.received[-1] if self.received else None
+        if latest is None or int(latest["step"]) != step:
+            raise RuntimeError(f"trainer rank {self.rank}: no schedule broadcast for step {step} (last: {latest})")
+        metrics = self.trainer.train_step(mini_batches, loss_cfg, denoms, norm_len)
+        metrics.update({f"schedule/{k}": v for k, v in latest.items() if k != "step"})
+        return metrics
+
+    def export_weights(self, bucket_bytes: int) -> Tuple[Optional[List[bytes]], Optional[str]]:
+        """Collective over all ranks (call with num_returns=2); rank 0 returns (buckets, hash)."""
+        from rlvr.weight_sync import to_buckets, state_dict_hash
+
+        sd = self.trainer.full_state_dict()
+        return (None, None) if sd is None else (to_buckets(sd, bucket_bytes), state_dict_hash(sd.items()))
+
+    def save(self, path: str) -> None:
+        self.trainer.save(path)
+
+    def load(self, path: str) -> None:
+        self.trainer.load(path)
