@@ -9,9 +9,11 @@ the position and entropy criteria at trajectory scope against
 - a per-trajectory Python loop (the obvious implementation), timed on a
   subset of the trajectories and extrapolated linearly to the whole batch.
 
-The goal is to stay within 2x of one quantile pass.  Prints a table of
-medians over ``--repeats`` runs with the load average, since the machine it
-runs on is shared.
+The goal is to stay within 2x of one quantile pass.  The machine it runs on
+is shared, so the methods are timed round-robin (each repeat runs every method
+once, back to back) and the ratio column is the median of the per-repeat
+ratios to the row-wise quantile of the same repeat; the table also gives the
+median time of each method and the load average.
 
     python bench/credit_bench.py [--trajectories 1024] [--max-len 1024] [--repeats 7]
 """
@@ -30,16 +32,20 @@ import torch
 
 from rlvr.algo.credit import CreditInputs, compute_token_weight
 
+BASE = "torch.quantile, row-wise dim=1"
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
+
+def round_robin_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Per-repeat wall times (ms) of every function, each repeat running all of them back to back."""
+    for fn in fns.values():  # warm-up
         fn()
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
 
 
 def make_batch(n: int, t: int, seed: int = 0) -> CreditInputs:
@@ -64,23 +70,26 @@ def loop_credit(criterion: str, inp: CreditInputs, rows: range, percentile: floa
         weight[i, :length] = torch.where(score >= threshold, 1.0, decay)
 
 
-def run(args: argparse.Namespace) -> list[tuple[str, float, float]]:
-    """Rows (method, percentile, median ms) for every percentile of ``args``."""
+def run(args: argparse.Namespace) -> list[tuple[str, float, float, float]]:
+    """Rows (method, percentile, median ms, median ratio to the row-wise quantile)."""
     inp = make_batch(args.trajectories, args.max_len)
     n = inp.token_mask.shape[0]
-    flat, subset = inp.entropy.reshape(-1), range(min(args.loop_rows, n))
-    rows: list[tuple[str, float, float]] = []
+    subset = range(min(args.loop_rows, n))
+    scale = n / len(subset)
+    rows = []
     for q in args.percentiles:
-        rows.append(("torch.quantile, flat 1-D", q, median_ms(partial(torch.quantile, flat, q), args.repeats)))
-        rows.append(("torch.quantile, row-wise dim=1", q,
-                     median_ms(partial(torch.quantile, inp.entropy, q, dim=1), args.repeats)))
-        for criterion in ("position", "entropy"):
-            step = partial(compute_token_weight, criterion, inp, q, 0.0)
-            rows.append((f"token_credit {criterion}", q, median_ms(step, args.repeats)))
-        for criterion in ("position", "entropy"):
-            loop = partial(loop_credit, criterion, inp, subset, q, 0.0)
-            ms = median_ms(loop, max(args.repeats // 2, 1), warmup=0) * n / len(subset)
-            rows.append((f"python loop {criterion} (x{n / len(subset):g} extrap.)", q, ms))
+        fns = {
+            "torch.quantile, flat 1-D": partial(torch.quantile, inp.entropy.reshape(-1), q),
+            BASE: partial(torch.quantile, inp.entropy, q, dim=1),
+            **{f"token_credit {c}": partial(compute_token_weight, c, inp, q, 0.0) for c in ("position", "entropy")},
+            **{f"python loop {c} (x{scale:g} extrap.)": partial(loop_credit, c, inp, subset, q, 0.0)
+               for c in ("position", "entropy")},
+        }
+        times = round_robin_ms(fns, args.repeats)
+        for name, ts in times.items():
+            ts = [t * scale for t in ts] if name.startswith("python loop") else ts
+            ratio = statistics.median(t / b for t, b in zip(ts, times[BASE], strict=True))
+            rows.append((name, q, statistics.median(ts), ratio))
     return rows
 
 
@@ -101,12 +110,11 @@ def main() -> None:
     n_tok = args.trajectories * args.max_len
     print(f"# {args.trajectories} trajectories x {args.max_len} tokens = {n_tok} padded elements; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus; "
-          f"load avg {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; medians of {args.repeats}")
+          f"load avg {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; medians of {args.repeats} round-robin repeats")
     print(f"| {'method':<42} | {'percentile':>10} | {'median ms':>10} | {'x row-wise quantile':>19} |")
     print(f"|{'-' * 44}|{'-' * 12}|{'-' * 12}|{'-' * 21}|")
-    base = {q: ms for name, q, ms in rows if name.startswith("torch.quantile, row")}
-    for name, q, ms in rows:
-        print(f"| {name:<42} | {q:>10.2f} | {ms:>10.1f} | {ms / base[q]:>19.2f} |")
+    for name, q, ms, ratio in rows:
+        print(f"| {name:<42} | {q:>10.2f} | {ms:>10.1f} | {ratio:>19.2f} |")
 
 
 if __name__ == "__main__":

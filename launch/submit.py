@@ -35,9 +35,9 @@ import secrets
 import shlex
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
 
 # gitignore-style patterns, relative to the working dir (Ray also honours .gitignore files).
 EXCLUDES = (
@@ -62,7 +62,7 @@ EXCLUDES = (
     "*.pth",
     "*.ckpt",
     "*.gguf",
-    "k8s/base/secrets/",  # the cluster's auth token never leaves the laptop
+    "k8s/setup/secrets/",  # the cluster's auth token never leaves the laptop
 )
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -73,14 +73,14 @@ class JobSpec:
     """Everything sent to the Job Submission API (also what ``--dry-run`` prints)."""
 
     entrypoint: str
-    runtime_env: Dict[str, object]
+    runtime_env: dict[str, object]
     submission_id: str
-    metadata: Dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
     entrypoint_num_cpus: float = 0.0
 
 
 # --------------------------------------------------------------------------- pure helpers
-def split_args(items: Sequence[str]) -> tuple[List[str], List[str]]:
+def split_args(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split positionals into config files and ``key=value`` overrides (order kept)."""
     configs, overrides = [], []
     for item in items:
@@ -88,7 +88,7 @@ def split_args(items: Sequence[str]) -> tuple[List[str], List[str]]:
     return configs, overrides
 
 
-def resolve_token(token_file: Optional[str], env: Mapping[str, str], home: Path) -> Optional[str]:
+def resolve_token(token_file: str | None, env: Mapping[str, str], home: Path) -> str | None:
     """The Ray auth token, looked up in Ray's order; whitespace is stripped as Ray does."""
     if token_file:
         return Path(token_file).expanduser().read_text().strip()
@@ -100,7 +100,7 @@ def resolve_token(token_file: Optional[str], env: Mapping[str, str], home: Path)
     return None
 
 
-def relative_configs(configs: Sequence[str], working_dir: Path) -> List[str]:
+def relative_configs(configs: Sequence[str], working_dir: Path) -> list[str]:
     """Config paths as the job sees them (relative to the uploaded dir); outside it is an error."""
     out = []
     for config in configs:
@@ -117,7 +117,7 @@ def build_entrypoint(configs: Sequence[str], overrides: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "rlvr.cli", "train", *configs, *overrides])
 
 
-def large_files(working_dir: Path, excludes: Sequence[str], limit_bytes: int) -> List[str]:
+def large_files(working_dir: Path, excludes: Sequence[str], limit_bytes: int) -> list[str]:
     """Files Ray would upload that are at least ``limit_bytes``, as anchored exclude patterns.
 
     Walks with Ray's own traversal so .gitignore files and ``excludes`` apply exactly as in the
@@ -127,7 +127,7 @@ def large_files(working_dir: Path, excludes: Sequence[str], limit_bytes: int) ->
         from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
     except ImportError:  # pragma: no cover - depends on the installed Ray
         return []
-    found: List[str] = []
+    found: list[str] = []
 
     root = working_dir.resolve()
 
@@ -140,8 +140,8 @@ def large_files(working_dir: Path, excludes: Sequence[str], limit_bytes: int) ->
 
 
 def build_runtime_env(working_dir: Path, excludes: Sequence[str], pip: Sequence[str],
-                      image_uri: Optional[str], env_vars: Mapping[str, str]) -> Dict[str, object]:
-    runtime_env: Dict[str, object] = {
+                      image_uri: str | None, env_vars: Mapping[str, str]) -> dict[str, object]:
+    runtime_env: dict[str, object] = {
         "working_dir": str(working_dir),
         "excludes": list(excludes),
         "env_vars": {"PYTHONUNBUFFERED": "1", **env_vars},
@@ -219,7 +219,7 @@ def make_spec(args: argparse.Namespace) -> JobSpec:
     )
 
 
-def resolve_address(flag: Optional[str], env: Dict[str, str]) -> str:
+def resolve_address(flag: str | None, env: dict[str, str]) -> str:
     """Explicit --address wins: the Ray client would otherwise let $RAY_ADDRESS override it."""
     if flag:
         for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
@@ -228,7 +228,7 @@ def resolve_address(flag: Optional[str], env: Dict[str, str]) -> str:
     return env.get("RAY_API_SERVER_ADDRESS") or env.get("RAY_ADDRESS") or DEFAULT_ADDRESS
 
 
-def connect(address: str, token: Optional[str]):
+def connect(address: str, token: str | None):
     from ray.job_submission import JobSubmissionClient
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -252,7 +252,7 @@ def follow(client, job_id: str, poll_s: float = 2.0) -> str:
     return status
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         spec = make_spec(args)
@@ -275,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         job_id = client.submit_job(
             entrypoint=spec.entrypoint, runtime_env=spec.runtime_env, submission_id=spec.submission_id,
             metadata=spec.metadata, entrypoint_num_cpus=spec.entrypoint_num_cpus or None)
-    except Exception as exc:  # ConnectionError, RuntimeError (HTTP 401/403), ValueError (package too large)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError (401/403), ValueError (too large)
         hint = "" if token else " (no Ray auth token found: pass --token-file or set RAY_AUTH_TOKEN)"
         print(f"error: could not submit to {address}: {exc}{hint}", file=sys.stderr)
         return 3

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ from rlvr.algo.credit import CreditInputs, compute_token_weight
 from rlvr.algo.entropy_adv import shape_advantages
 from rlvr.algo.losses import aggregation_denominator
 from rlvr.batching import Sample, pack, pad_responses, pad_values, plan_micro_batches
-from rlvr.config import ConfigError, RLConfig, load_config
+from rlvr.config import AlgorithmConfig, ConfigError, RLConfig, load_config
 from rlvr.runtime import Actors
 
 WEIGHT_BUCKET_BYTES = 256 << 20
@@ -45,14 +45,12 @@ class RLLoop:
         self.times: Dict[str, float] = {}
 
     # ------------------------------------------------------------------ the step
-    def step(self, step: int, prompts: Sequence) -> Dict[str, float]:
-        cfg, a = self.cfg, self.cfg.algorithm
+    def step(self, step: int, prompts: Sequence, more_prompts: Optional[Callable[[], Sequence]] = None
+             ) -> Dict[str, float]:
+        a = self.cfg.algorithm
         self.times = {}
         t0 = time.perf_counter()
-        with self.timed("generate"):
-            samples = self.generate(prompts, a.group_size, cfg.rollout.temperature, seed_base=step)
-        with self.timed("verify"):
-            self.score(samples)  # the full response text, whatever the percentile
+        samples = self.rollout(step, prompts, more_prompts)  # generate + verify (+ DAPO dynamic sampling)
         rewards = torch.tensor([s.reward for s in samples])
         adv_seq, adv_metrics = get_advantage_fn(a.advantage)(rewards, a.group_size, a.advantage_eps)
         values = self.call(self.actors.scheduler.broadcast.remote())
@@ -60,13 +58,8 @@ class RLLoop:
             old_logprob, entropy = self.old_stats(samples)
         with self.timed("credit"):
             _, mask = pad_responses(samples)
-            advantages = adv_seq[:, None] * mask
-            if values["entropy_adv_scale"]:
-                advantages = shape_advantages(advantages, entropy, values["entropy_adv_scale"],
-                                              a.entropy_adv.alpha, a.entropy_adv.kappa) * mask
-            credit_in = CreditInputs(token_mask=mask, entropy=entropy, logprob=old_logprob, advantages=advantages)
-            token_weight, targeted, credit_metrics = compute_token_weight(
-                a.credit.criterion, credit_in, values["percentile"], values["decay"], a.credit.scope, a.group_size)
+            advantages, token_weight, targeted, credit_metrics = assign_credit(
+                a, values, adv_seq, mask, old_logprob, entropy)
         with self.timed("train"):
             fields = {"old_logprob": old_logprob, "advantages": advantages, "token_weight": token_weight}
             train_metrics = self.train(step, samples, fields)
@@ -94,6 +87,33 @@ class RLLoop:
         return metrics
 
     # ------------------------------------------------------------------ phases
+    def rollout(self, step: int, prompts: Sequence, more_prompts) -> List[Sample]:
+        """Generate and score; with DAPO dynamic sampling, keep only groups whose rewards differ,
+        drawing more prompts (at most ``max_sampling_rounds`` generations) to fill the batch."""
+        a, world = self.cfg.algorithm, len(self.actors.trainers)
+        rounds = a.max_sampling_rounds if a.dynamic_sampling and more_prompts else 1
+        kept: List[List[Sample]] = []
+        for r in range(rounds):
+            with self.timed("generate"):
+                samples = self.generate(prompts, a.group_size, self.cfg.rollout.temperature, seed_base=step * 64 + r)
+            with self.timed("verify"):
+                self.score(samples)  # the full response text, whatever the percentile
+            groups = [samples[i:i + a.group_size] for i in range(0, len(samples), a.group_size)]
+            if rounds == 1:
+                return samples
+            kept += [g for g in groups if len({s.reward for s in g}) > 1]
+            if len(kept) >= self.cfg.data.prompts_per_step:
+                break
+            prompts = more_prompts()
+        kept = kept[: self.cfg.data.prompts_per_step]
+        while kept and (len(kept) * a.group_size) % world:
+            kept.pop()  # every trainer rank must get the same number of samples
+        kept = kept or groups  # nothing informative: train on the last round (zero advantages)
+        for g, group in enumerate(kept):
+            for s in group:
+                s.group = g
+        return [s for group in kept for s in group]
+
     def generate(self, prompts: Sequence, n: int, temperature: float, seed_base: int) -> List[Sample]:
         """``n`` responses per prompt, prompts split evenly over the rollout workers."""
         ids = [self.tokenizer(self.format(p.prompt))["input_ids"] for p in prompts]
@@ -202,6 +222,19 @@ class RLLoop:
                         ray.get(w.load_weights.remote(self.weights_ref))
                     ref = getattr(w, m).remote(*args)
         return out
+
+
+def assign_credit(a: AlgorithmConfig, values: Dict[str, float], adv_seq: torch.Tensor, mask: torch.Tensor,
+                  old_logprob: torch.Tensor, entropy: torch.Tensor):
+    """Per-token advantages and ``token_weight`` for this step's broadcast (percentile, decay, scale)."""
+    advantages = adv_seq[:, None] * mask
+    if values["entropy_adv_scale"]:
+        advantages = shape_advantages(advantages, entropy, values["entropy_adv_scale"],
+                                      a.entropy_adv.alpha, a.entropy_adv.kappa) * mask
+    credit_in = CreditInputs(token_mask=mask, entropy=entropy, logprob=old_logprob, advantages=advantages)
+    token_weight, targeted, metrics = compute_token_weight(
+        a.credit.criterion, credit_in, values["percentile"], values["decay"], a.credit.scope, a.group_size)
+    return advantages, token_weight, targeted, metrics
 
 
 def evaluate(loop: RLLoop, prompts: Sequence, temperature: float) -> float:

@@ -48,4 +48,4 @@ def load_hf_model(path: str, attn_implementation: str = "sdpa") -> nn.Module:
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation=attn_implementation)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn_implementation)

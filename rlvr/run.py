@@ -61,7 +61,7 @@ def run(cfg: RLConfig) -> Dict[str, float]:
             _log(f"held-out accuracy before training: {100 * acc:.1f}%")
         bar = progress(range(start, total), "train", enabled=cfg.logging.progress)
         for step in bar:
-            metrics = loop.step(step, sampler.next_batch())
+            metrics = loop.step(step, sampler.next_batch(), sampler.next_batch)
             done = step + 1
             if (cfg.eval.every and done % cfg.eval.every == 0) or done == total:
                 metrics["eval/accuracy"] = evaluate(loop, eval_prompts, cfg.eval.temperature)

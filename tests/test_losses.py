@@ -268,3 +268,19 @@ def test_gspo_clips_whole_sequences():
 def test_unknown_loss_lists_valid():
     with pytest.raises(ValueError, match="ppo, gspo"):
         get_policy_loss("cispo")
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
+def test_garbage_on_padding_is_harmless(name):
+    inp = ragged_batch()
+    clean_loss, _ = get_policy_loss(name)(inp, LossConfig(name=name, kl_coef=0.1))
+    (clean_grad,) = torch.autograd.grad(clean_loss, inp.logprob)
+    pad = ~inp.token_mask
+    lp = inp.logprob.detach().masked_fill(pad, 80.0).requires_grad_(True)  # exp(80 - old) overflows float32
+    dirty = LossInputs(lp, inp.old_logprob.masked_fill(pad, float("-inf")), inp.advantages.masked_fill(pad, float("nan")),
+                       inp.token_weight, inp.token_mask, inp.ref_logprob.masked_fill(pad, float("nan")), inp.norm_len)
+    loss, metrics = get_policy_loss(name)(dirty, LossConfig(name=name, kl_coef=0.1))
+    (grad,) = torch.autograd.grad(loss, lp)
+    assert loss.item() == clean_loss.item()
+    assert torch.equal(grad, clean_grad)
+    assert all(math.isfinite(v) for v in metrics.values())

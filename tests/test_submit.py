@@ -70,7 +70,7 @@ def _project(tmp_path: Path) -> Path:
     (root / "configs" / "a.yaml").write_text("name: demo\nschedule:\n  total_steps: 3\n")
     (root / "rlvr").mkdir()
     (root / "rlvr" / "train.py").write_text("print('hi')\n")
-    for junk in ("runs/demo/ckpt.txt", ".git/HEAD", "rlvr/__pycache__/x.pyc", "k8s/base/secrets/ray-auth-token",
+    for junk in ("runs/demo/ckpt.txt", ".git/HEAD", "rlvr/__pycache__/x.pyc", "k8s/setup/secrets/ray-auth-token",
                  "model.safetensors", "wandb/run.log"):
         (root / junk).parent.mkdir(parents=True, exist_ok=True)
         (root / junk).write_text("x")
@@ -89,7 +89,7 @@ def test_dry_run_builds_the_job(tmp_path, capsys, monkeypatch):
     assert job["submission_id"].startswith("rlvr-demo-")
     env = job["runtime_env"]
     assert env["working_dir"] == str(root)
-    assert {"runs/", ".git", "k8s/base/secrets/", "/data.jsonl"} <= set(env["excludes"])
+    assert {"runs/", ".git", "k8s/setup/secrets/", "/data.jsonl"} <= set(env["excludes"])
     assert env["env_vars"] == {"PYTHONUNBUFFERED": "1", "FOO": "bar"}
     assert env["pip"]["packages"] == ["einops==0.8.1"]
 
@@ -131,7 +131,7 @@ def test_unreachable_dashboard_exits_3(tmp_path, capsys, monkeypatch):
     root = _project(tmp_path)
     monkeypatch.chdir(root)
     rc = submit.main(["configs/a.yaml", "--address", f"http://127.0.0.1:{_free_port()}", "--token-file",
-                      str(root / "k8s/base/secrets/ray-auth-token")])
+                      str(root / "k8s/setup/secrets/ray-auth-token")])
     assert rc == 3
     assert "could not submit" in capsys.readouterr().err
 
@@ -161,8 +161,8 @@ def ray_head():
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(port), "--include-dashboard", "true",
            "--ray-client-server-port", str(_free_port()), "--dashboard-agent-listen-port", str(_free_port()),
            "--temp-dir", str(tmp), "--disable-usage-stats"]
-    log = open(tmp / "head.log", "w")
-    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp / "head.log", "w") as log:  # the child keeps its own descriptor
+        head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -182,7 +182,6 @@ def ray_head():
         except ProcessLookupError:
             pass
         head.wait()
-        log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -200,7 +199,7 @@ def _status(url: str, token: str | None = None) -> int | None:
 
 def _rlvr_submit(url: str, token_file: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "rlvr.cli", "submit", *args, "--address", url, "--token-file", str(token_file)]
-    return subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _job_id(out: str) -> str:
@@ -240,7 +239,7 @@ def test_submit_quickstart_succeeds(ray_head):
     # The Ray Jobs CLI users know reaches the same protected head with the documented env.
     env = _clean_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     status = subprocess.run(["ray", "job", "status", "--address", url, job_id], env=env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert f"Job '{job_id}' succeeded" in status.stdout, status.stdout + status.stderr
 
 

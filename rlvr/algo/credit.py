@@ -122,6 +122,7 @@ def kth_largest_threshold(score: Tensor, mask: Tensor, percentile: float) -> Ten
 
 
 def _kth_largest(score: Tensor, mask: Tensor, length: Tensor, percentile: float) -> Tensor:
+    """As :func:`kth_largest_threshold`, with the valid counts ``length`` [U] already known."""
     k = torch.ceil(length.double() * (1.0 - percentile) - 1e-6).long().clamp(min=0)
     k = torch.minimum(k, length)
     inf = torch.full((score.shape[0],), float("inf"), dtype=score.dtype, device=score.device)

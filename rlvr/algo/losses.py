@@ -31,7 +31,7 @@ k1 = -log r, k2 = (log r)^2 / 2, k3 = (r - 1) - log r.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -155,6 +155,22 @@ def _clipped_surrogate(ratio: Tensor, adv: Tensor, cfg: LossConfig) -> tuple[Ten
     return loss, binds_low, binds_high
 
 
+def _without_padding(inp: LossInputs) -> LossInputs:
+    """Zero every input on padding, so garbage there (inf, nan) can't reach the loss or its gradient.
+
+    Multiplying by a zero weight is not enough: 0 * inf = nan, and the backward of
+    exp at an overflowing padded ratio would be 0 * inf too.
+    """
+    mask = inp.token_mask.bool()
+
+    def clean(x: Tensor | None) -> Tensor | None:
+        return None if x is None else torch.where(mask, x, 0.0)
+
+    return replace(inp, logprob=clean(inp.logprob), old_logprob=clean(inp.old_logprob),
+                   advantages=clean(inp.advantages), ref_logprob=clean(inp.ref_logprob),
+                   token_weight=clean(inp.token_weight))
+
+
 def _weighted_mean(x: Tensor, w: Tensor) -> float:
     return float(((w * x).sum() / _safe(w.sum())).item())
 
@@ -166,7 +182,7 @@ def _finish(pg_loss: Tensor, ratio: Tensor, binds: tuple[Tensor, Tensor], inp: L
         raise ValueError(f"unknown loss aggregation '{cfg.agg}'; valid names: {', '.join(AGGREGATIONS)}")
     if cfg.kl_coef > 0 and inp.ref_logprob is None:
         raise ValueError("LossConfig.kl_coef > 0 needs LossInputs.ref_logprob")
-    w = inp.token_weight * inp.token_mask  # padding can never carry weight
+    w = inp.token_weight
     token_loss = pg_loss
     kl_ref = None
     if inp.ref_logprob is not None:
@@ -189,6 +205,7 @@ def _finish(pg_loss: Tensor, ratio: Tensor, binds: tuple[Tensor, Tensor], inp: L
 
 def ppo_loss(inp: LossInputs, cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
     """Token-level clipped surrogate with ratio exp(logprob - old_logprob)."""
+    inp = _without_padding(inp)
     ratio = torch.exp(inp.logprob - inp.old_logprob)
     pg_loss, binds_low, binds_high = _clipped_surrogate(ratio, inp.advantages, cfg)
     return _finish(pg_loss, ratio, (binds_low, binds_high), inp, cfg)
@@ -201,7 +218,8 @@ def gspo_loss(inp: LossInputs, cfg: LossConfig) -> tuple[Tensor, dict[str, float
     the gradient of a token is s_i * grad logprob_t, GSPO-token's form, which
     under ``seq_mean_token_mean`` equals GSPO's sequence gradient.
     """
-    w = inp.token_weight * inp.token_mask
+    inp = _without_padding(inp)
+    w = inp.token_weight
     log_ratio = inp.logprob - inp.old_logprob
     seq_log_ratio = (w * log_ratio).sum(dim=-1) / _safe(w.sum(dim=-1))
     seq_ratio = torch.exp(seq_log_ratio.detach())[:, None]

@@ -71,7 +71,7 @@ class Normal(NamedTuple):
     key: str  # all whitespace removed, for the string match and the numeric fast path
 
 
-_SPACES = re.compile(r"\\[,;:! ]|\\q?quad|~|\\displaystyle|\\textstyle")
+_SPACES = re.compile(r"(\\\\)|\\[,;:! ]|\\q?quad|~|\\displaystyle|\\textstyle")  # keep \\ (row break)
 _THOUSANDS_SPACED = re.compile(r"(\d),\\!\s*(?=\d{3}(?!\d))|(\d)\{,\}(?=\d{3}(?!\d))")
 _FRAC_CMD = re.compile(r"\\[dtc]frac")
 _BINOM_CMD = re.compile(r"\\[dt]binom")
@@ -155,7 +155,7 @@ def normalize(answer: str) -> Optional[Normal]:
     s = answer.translate(_UNICODE).replace("\x00", "")
     s = _THOUSANDS_SPACED.sub(lambda m: m.group(1) or m.group(2), s)
     s = _LR_DOT.sub("", s)
-    s = _SPACES.sub(" ", s)
+    s = _SPACES.sub(lambda m: m.group(1) or " ", s)
     s = _FRAC_CMD.sub(r"\\frac", s)
     s = _BINOM_CMD.sub(r"\\binom", s)
     s = _LEFT_RIGHT.sub("", s).replace("\\left", "").replace("\\right", "")

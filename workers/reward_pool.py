@@ -1,0 +1,44 @@
+"""Ray actor shell over :class:`rlvr.verifiers.pool.VerifierPool`: one role, scoring rewards.
+
+Design: the actor only unpacks and delegates (STYLE 5).  Isolation, hard per-item timeouts,
+memory caps and process replacement live in the pure-Python pool so they are testable without
+Ray; the verifiers are plain functions in ``rlvr.verifiers``.  The pool's worker processes come
+from a fork server, never ``fork()`` of this (threaded) actor process.  Size the actor's
+``verifier.num_cpus`` to ``verifier.num_workers``: each worker process is CPU-bound.
+The driver wraps the class at its use site (``ray.remote(RewardPool)`` in ``rlvr/runtime.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+from rlvr.config import VerifierConfig
+from rlvr.verifiers.pool import Request, VerifierPool, default_score_fn
+
+
+class RewardPool:
+    """Scores (verifier_name, response, ground_truth) requests in a bounded process pool."""
+
+    def __init__(self, cfg: VerifierConfig):
+        self._pool = VerifierPool(
+            num_workers=cfg.num_workers,
+            timeout_s=cfg.timeout_s,
+            max_memory_mb=cfg.max_memory_mb,
+            score_fn=default_score_fn(cfg.format_weight, cfg.gsm8k_extract),
+        )
+
+    def score(self, requests: Sequence[Request]) -> Tuple[List[float], List[str]]:
+        """(rewards, reasons) in input order; reason "" or "timeout" / "crashed" / "error: ..."."""
+        return self._pool.score(requests)
+
+    def metrics(self) -> Dict[str, float]:
+        return self._pool.metrics()
+
+    def kill_one_process(self) -> int:
+        return self._pool.kill_one()
+
+    def pids(self) -> List[int]:
+        return self._pool.pids()
+
+    def shutdown(self) -> None:
+        self._pool.close()
