@@ -201,7 +201,13 @@ def make_spec(args: argparse.Namespace) -> JobSpec:
     if not args.no_local_check:
         from rlvr.config import load_config  # no torch/Ray import: cheap
 
-        name = load_config(configs, overrides).name
+        # `rlvr train` reads the shorthand resume=DIR as checkpoint.resume=DIR (rlvr/driver.py)
+        cfg = load_config(configs, ["checkpoint." + o if o.startswith("resume=") else o for o in overrides])
+        name = cfg.name
+        if not os.path.isabs(os.path.expanduser(cfg.logging.run_dir)):
+            print(f"[rlvr submit] warning: logging.run_dir={cfg.logging.run_dir} is relative, so on the cluster it "
+                  "lands in the job's temporary copy of the working dir; set it to a shared path "
+                  "(e.g. logging.run_dir=/mnt/rlvr/runs/${name})", file=sys.stderr)
     if args.pip and args.image_uri:
         raise ValueError("--pip and --image-uri are exclusive (install the packages into the image)")
     env_vars = dict(kv.split("=", 1) for kv in args.env if "=" in kv)
@@ -224,8 +230,8 @@ def resolve_address(flag: str | None, env: dict[str, str]) -> str:
     if flag:
         for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
             env.pop(var, None)
-        return flag
-    return env.get("RAY_API_SERVER_ADDRESS") or env.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    address = flag or env.get("RAY_API_SERVER_ADDRESS") or env.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    return address if "://" in address else f"http://{address}"  # HEAD:8265 means the dashboard
 
 
 def connect(address: str, token: str | None):
@@ -243,7 +249,7 @@ def follow(client, job_id: str, poll_s: float = 2.0) -> str:
 
     try:
         asyncio.run(tail())
-    except RuntimeError as exc:  # the websocket closed early; fall back to polling
+    except Exception as exc:  # noqa: BLE001 - websocket closed early or a proxy dropped it: poll instead
         print(f"[rlvr submit] log stream ended ({exc}); polling the job status", file=sys.stderr)
     status = str(client.get_job_status(job_id))
     while status not in TERMINAL:

@@ -11,6 +11,7 @@ decoded text (what the verifier scores).  Per-request seeds derived from
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import List, Sequence
 
 from rlvr.batching import Sample
@@ -18,13 +19,19 @@ from rlvr.config import RolloutConfig
 
 
 def engine_env(run_dir: str, cfg: RolloutConfig) -> dict:
-    """Environment for vLLM so nothing is written outside the run directory."""
+    """Environment for vLLM so its caches and temp files stay in the run directory.
+
+    The IPC sockets go there too unless the path would pass the 107-byte limit of a
+    Unix socket name (a deep run_dir, e.g. inside a Ray job's working-dir copy); then
+    they get a short private directory under the system temp dir.
+    """
     cache = os.path.join(os.path.abspath(run_dir), ".vllm")
     tmp = os.path.join(cache, "tmp")
     os.makedirs(tmp, exist_ok=True)
+    rpc = tmp if len(tmp) < 60 else tempfile.mkdtemp(prefix="rlvr-rpc-")
     return {
         "VLLM_CACHE_ROOT": cache,
-        "VLLM_RPC_BASE_PATH": tmp,
+        "VLLM_RPC_BASE_PATH": rpc,
         "TMPDIR": tmp,
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.kv_cache_gb))),
         "VLLM_CONFIGURE_LOGGING": os.environ.get("VLLM_CONFIGURE_LOGGING", "0"),

@@ -26,10 +26,10 @@ def start_ray(cfg: RLConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}}
-    if address:
-        ray.init(address=address, namespace=cfg.cluster.namespace, runtime_env=runtime_env)
+    if address:  # a submitted job: its runtime_env (and any --env the user gave) already applies
+        ray.init(address=address, namespace=cfg.cluster.namespace)
     else:
+        runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}}
         ray.init(num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
                  dashboard_host=cfg.cluster.dashboard_host, include_dashboard=False)
 
@@ -72,7 +72,9 @@ def create_actors(cfg: RLConfig, model_path: str, run_dir: str) -> Actors:
 
     bundle = {"CPU": cfg.trainer.num_cpus, "GPU": cfg.trainer.num_gpus, **cfg.trainer.resources}
     bundle = {k: v for k, v in bundle.items() if v}
-    pg = placement_group([bundle] * cfg.trainer.num_workers, strategy="PACK")
+    n = cfg.trainer.num_workers
+    labels = [dict(cfg.trainer.label_selector)] * n if cfg.trainer.label_selector else None
+    pg = placement_group([bundle] * n, strategy="PACK", bundle_label_selector=labels)
     ray.get(pg.ready())
     trainer_cls = ray.remote(TrainerWorker)
     trainers = [
@@ -84,5 +86,5 @@ def create_actors(cfg: RLConfig, model_path: str, run_dir: str) -> Actors:
     ]
     addr, port = ray.get(trainers[0].address.remote())
     ray.get([t.setup.remote(addr, port, model_path, cfg.rollout.temperature) for t in trainers])
-    scheduler = ray.remote(Scheduler).options(name="scheduler", num_cpus=0).remote(cfg.schedule, trainers)
+    scheduler = ray.remote(Scheduler).options(name=f"scheduler:{cfg.name}", num_cpus=0).remote(cfg.schedule, trainers)
     return Actors(rollouts, reward, trainers, scheduler, [pg])

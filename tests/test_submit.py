@@ -31,7 +31,7 @@ from launch import submit
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = re.compile(r"step (\d+)/(\d+) .*reward=")
-QUICKSTART = ["configs/quickstart_cpu.yaml", "schedule.total_steps=2"]
+QUICKSTART = ["configs/quickstart_cpu.yaml", "schedule.total_steps=2"]  # + logging.run_dir, see _run_dir
 
 
 # --------------------------------------------------------------------------- fast: helpers
@@ -61,6 +61,7 @@ def test_explicit_address_beats_ray_address_env():
     assert submit.resolve_address("http://mine:8265", env) == "http://mine:8265"
     assert env == {}, "the Ray client would otherwise override --address with these"
     assert submit.resolve_address(None, {}) == submit.DEFAULT_ADDRESS
+    assert submit.resolve_address("head:8265", {}) == "http://head:8265"
 
 
 def _project(tmp_path: Path) -> Path:
@@ -81,11 +82,11 @@ def _project(tmp_path: Path) -> Path:
 def test_dry_run_builds_the_job(tmp_path, capsys, monkeypatch):
     root = _project(tmp_path)
     monkeypatch.chdir(root)
-    rc = submit.main(["configs/a.yaml", "trainer.lr=0.1", "--dry-run", "--max-file-mib", "1",
+    rc = submit.main(["configs/a.yaml", "trainer.lr=0.1", "resume=/ckpt/step_10", "--dry-run", "--max-file-mib", "1",
                       "--env", "FOO=bar", "--pip", "einops==0.8.1"])
     assert rc == 0
     job = json.loads(capsys.readouterr().out)
-    assert job["entrypoint"] == "python -m rlvr.cli train configs/a.yaml trainer.lr=0.1"
+    assert job["entrypoint"] == "python -m rlvr.cli train configs/a.yaml trainer.lr=0.1 resume=/ckpt/step_10"
     assert job["submission_id"].startswith("rlvr-demo-")
     env = job["runtime_env"]
     assert env["working_dir"] == str(root)
@@ -197,6 +198,12 @@ def _status(url: str, token: str | None = None) -> int | None:
         return None
 
 
+def _run_dir(token_file: Path) -> str:
+    """Outside the job's working-dir copy, which Ray deletes (and whose deep path is too long for
+    vLLM's IPC sockets); on a real cluster this is the shared volume."""
+    return f"logging.run_dir={token_file.parent}/runs/${{name}}"
+
+
 def _rlvr_submit(url: str, token_file: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "rlvr.cli", "submit", *args, "--address", url, "--token-file", str(token_file)]
     return subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=timeout, check=False)
@@ -226,7 +233,7 @@ def test_head_requires_the_token(ray_head):
 @pytest.mark.slow
 def test_submit_quickstart_succeeds(ray_head):
     url, token_file = ray_head
-    res = _rlvr_submit(url, token_file, *QUICKSTART)
+    res = _rlvr_submit(url, token_file, *QUICKSTART, _run_dir(token_file))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     job_id = _job_id(out)
@@ -236,6 +243,7 @@ def test_submit_quickstart_succeeds(ray_head):
     steps = [m.groups() for m in STEP.finditer(logs)]
     assert len({step for step, _ in steps}) == 2 and {total for _, total in steps} == {"2"}, logs[-4000:]
     assert [m.groups() for m in STEP.finditer(out)] == steps, "the streamed output misses step lines"
+    assert (token_file.parent / "runs" / "quickstart_cpu").is_dir()
     # The Ray Jobs CLI users know reaches the same protected head with the documented env.
     env = _clean_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
     status = subprocess.run(["ray", "job", "status", "--address", url, job_id], env=env,
@@ -246,7 +254,7 @@ def test_submit_quickstart_succeeds(ray_head):
 @pytest.mark.slow
 def test_broken_config_fails_locally_and_on_the_cluster(ray_head):
     url, token_file = ray_head
-    broken = [*QUICKSTART, "algorithm.advantage=grpoo"]
+    broken = [*QUICKSTART, _run_dir(token_file), "algorithm.advantage=grpoo"]
     client = _client(url, token_file)
     before = len(client.list_jobs())
     local = _rlvr_submit(url, token_file, *broken, timeout=120)

@@ -91,8 +91,8 @@ def test_fsdp_two_actors_match_one_process(ckpt):
         ray.get([a.set_schedule.remote(values) for a in actors])
         mbs = [[[pack(samples, ix).with_fields(**fields) for ix in plan[r]]] for r in range(2)]
         metrics = ray.get([a.train.remote(0, mbs[r], algo.loss, [denom], 16) for r, a in enumerate(actors)])
-        sd = ray.get(actors[0].export_weights.options(num_returns=2).remote(1 << 30)[0])
-        ray.get([a.received_schedule.remote() for a in actors])
+        exports = [a.export_weights.options(num_returns=2).remote(1 << 30) for a in actors]  # a collective
+        sd = ray.get(exports[0][0])
     finally:
         ray.shutdown()
     from rlvr.weight_sync import from_buckets

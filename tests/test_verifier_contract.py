@@ -7,9 +7,11 @@ from rlvr.verifiers import FORMATS, VERIFIERS, compute_reward, get_verifier
 from rlvr.verifiers.latex import last_boxed, normalize
 
 ODD_INPUTS = ["", " ", "\x00", "\\", "{", "}", "\\boxed", "\\boxed{", "\\boxed{}", "####", "#### ", "-",
-              "1e999999", "-0", "٣", "\ud800", "\\boxed{\\frac{1}{0}}", "\\boxed{0/0}", "\\boxed{\\infty-\\infty}",
+              "1e999999", "-0", "٣", "\ud800", "\\boxed{\\frac{1}{0}}", "\\boxed{0/0}",
+              "\\boxed{\\infty-\\infty}",
               "\\boxed{\\sqrt{-1}}", "\\boxed{x^{y^{z}}}", "\\boxed{\\text{}}", "\\boxed{,}", "\\boxed{()}",
-              "\\boxed{(,)}", "\\boxed{[1,}", "\\boxed{=}", "\\boxed{x==}", "\\boxed{\\begin{pmatrix}\\end{pmatrix}}",
+              "\\boxed{(,)}", "\\boxed{[1,}", "\\boxed{=}", "\\boxed{x==}",
+              "\\boxed{\\begin{pmatrix}\\end{pmatrix}}",
               "\\boxed{1,2,3,4,5,6,7,8,9,10,11,12}", "#### 1/0", "\\boxed{\\frac{a}{}}", "\\fbox{2}", "$$$$"]
 
 

@@ -42,6 +42,11 @@ PAIRS = [
     (r"\sqrt[3]{8}", "2", T),
     (r"\frac{3\sqrt{3}}{4}", r"\frac{3}{4}\sqrt{3}", T),
     (r"\sqrt{66}", "66", F),
+    ("2", r"\sqrt{4}", T),
+    ("4", r"2\sqrt{2}\cdot\sqrt{2}", T),
+    (r"\frac{\sqrt{3}}{3}", "0.577350", T),
+    (r"\frac{\sqrt{3}}{3}", "0.58", F),
+    ("6", r"\gcd(12, 18)", T),
     # pi
     (r"\pi", "3.14", F),
     (r"288 \pi", r"288\pi", T),
@@ -109,6 +114,13 @@ PAIRS = [
     ("1,-2", "1, 2", F),
     (r"\{1,2\}", r"\{2,1\}", T),
     ("-2,1", "x=1, x=-2", T),
+    (r"\{5\}", "5", T),
+    (r"(2,\infty)", "x > 2", T),
+    (r"(-\infty, 2) \cup (3, \infty)", r"x < 2 \text{ or } x > 3", T),
+    (r"\mathbb{R}", r"(-\infty,\infty)", T),
+    (r"\emptyset", r"\varnothing", T),
+    (r"(2,\infty)", "2", F),
+    (r"1 \pm \sqrt{19}", r"1+\sqrt{19}", F),
     # expressions
     ("x^5 - x^4 + x^3 - x^2 + x - 1", "(x-1)(x^4+x^2+1)", T),
     ("(a+5)(b+2)", "ab + 2a + 5b + 10", T),
@@ -153,6 +165,7 @@ def test_table_is_large_and_balanced():
     assert negatives >= 30
 
 
-@pytest.mark.parametrize("gold,pred,expected", PAIRS, ids=[f"{i}:{g}|{p}" for i, (g, p, _) in enumerate(PAIRS)])
+@pytest.mark.parametrize("gold,pred,expected", PAIRS,
+                         ids=[f"{i}:{g}|{p}" for i, (g, p, _) in enumerate(PAIRS)])
 def test_math_equivalence(gold, pred, expected):
     assert VERIFIERS["math"](f"The answer is $\\boxed{{{pred}}}$.", gold) == expected

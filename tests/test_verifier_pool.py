@@ -11,8 +11,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from rlvr.verifiers import compute_reward
 from rlvr.verifiers.pool import VerifierPool
 
@@ -61,8 +59,8 @@ def _rss_mb(pids) -> float:
 def test_results_in_input_order_match_in_process_scoring():
     requests = []
     for k in range(30):
-        requests += [("math", f"so $\\boxed{{\\frac{{{k}}}{{2}}}}$", str(k / 2)), ("gsm8k", f"#### {k}", str(k + k % 2)),
-                     ("arithmetic", str(k), "7")]
+        requests += [("math", f"so $\\boxed{{\\frac{{{k}}}{{2}}}}$", str(k / 2)),
+                     ("gsm8k", f"#### {k}", str(k + k % 2)), ("arithmetic", str(k), "7")]
     with VerifierPool(num_workers=2, timeout_s=5.0) as pool:
         rewards, reasons = pool.score(requests)
         assert rewards == [compute_reward(*r) for r in requests]
@@ -123,9 +121,9 @@ def test_fault_inside_a_chunk_is_charged_to_that_item_only():
 
 def test_batch_completes_when_every_item_kills_its_worker():
     with VerifierPool(num_workers=2, timeout_s=1.0, score_fn=faulty_score) as pool:
-        rewards, reasons = pool.score([("arithmetic", "exit", "1")] * 24 + [("arithmetic", "1", "1")])
-        assert rewards == [0.0] * 24 + [1.0] and reasons == ["crashed"] * 24 + [""]
-        assert pool.metrics()["processes_replaced"] == 24
+        rewards, reasons = pool.score([("arithmetic", "exit", "1")] * 10 + [("arithmetic", "1", "1")])
+        assert rewards == [0.0] * 10 + [1.0] and reasons == ["crashed"] * 10 + [""]
+        assert pool.metrics()["processes_replaced"] == 10
 
 
 def test_kill_one_and_outside_kill_are_replaced():
@@ -183,4 +181,4 @@ def test_hostile_corpus_scores_zero_bounded_and_leaves_pool_healthy(tmp_path):
         honest = [("math", r"\boxed{\frac{1}{2}}", "0.5"), ("math", r"\boxed{1}", "0"),
                   ("gsm8k", "#### 18", "18"), ("gsm8k", "#### 19", "18"), ("arithmetic", "7", "7")]
         assert pool.score(honest) == ([1.0, 0.0, 1.0, 0.0, 1.0], [""] * 5)
-    assert rss[2] <= rss[0] * 1.2 + 16, rss  # memory does not grow across passes
+    assert max(rss[1:]) <= rss[0] + 16, rss  # MB: memory does not grow across passes

@@ -2,11 +2,11 @@
 
 import pytest
 
-ray = pytest.importorskip("ray")
+from rlvr.config import VerifierConfig
+from rlvr.runtime import actor_options
+from workers.reward_pool import RewardPool
 
-from rlvr.config import VerifierConfig  # noqa: E402
-from rlvr.runtime import actor_options  # noqa: E402
-from workers.reward_pool import RewardPool  # noqa: E402
+ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,8 @@ def test_reward_pool_actor_scores_reports_and_survives_a_kill(ray_cluster):
     cfg = VerifierConfig(num_workers=2, num_cpus=1.0, timeout_s=2.0, max_memory_mb=1024, format_weight=0.1)
     pool = ray.remote(RewardPool).options(**actor_options(cfg), max_restarts=1).remote(cfg)
     requests = [("math", r"so $\boxed{\dfrac{3}{6}}$", "0.5"), ("gsm8k", "... #### 1,600", "1600"),
-                ("arithmetic", "19", "19"), ("math", r"\boxed{9^{9^{9^{9}}}}", "1"), ("arithmetic", "20", "19"),
-                ("nope", "1", "1")]
+                ("arithmetic", "19", "19"), ("math", r"\boxed{9^{9^{9^{9}}}}", "1"),
+                ("arithmetic", "20", "19"), ("nope", "1", "1")]
     rewards, reasons = ray.get(pool.score.remote(requests))
     assert rewards == pytest.approx([1.1, 1.1, 1.1, 0.1, 0.1, 0.0])
     assert reasons[:5] == [""] * 5 and reasons[5].startswith("error: ValueError")

@@ -64,4 +64,4 @@ def compute_reward(name: str, response: str, ground_truth: str, format_weight: f
     return float(reward)
 
 
-__all__ = ["VERIFIERS", "FORMATS", "Verifier", "get_verifier", "compute_reward"]
+__all__ = ["FORMATS", "VERIFIERS", "Verifier", "compute_reward", "get_verifier"]

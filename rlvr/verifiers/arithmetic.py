@@ -2,8 +2,8 @@
 
 Design: the tiny CPU model is taught to answer with the number and stop, so the rule is strict:
 the response must *begin* (after optional whitespace) with an integer, optionally negative, and
-that integer must equal the gold exactly.  Text before the number scores 0, so the reward cannot
-be gamed by listing candidates.
+that integer must equal the gold exactly.  Text before the number scores 0, and only the first
+integer counts, so listing candidates gains nothing.
 """
 
 from __future__ import annotations

@@ -75,13 +75,17 @@ _SPACES = re.compile(r"(\\\\)|\\[,;:! ]|\\q?quad|~|\\displaystyle|\\textstyle") 
 _THOUSANDS_SPACED = re.compile(r"(\d),\\!\s*(?=\d{3}(?!\d))|(\d)\{,\}(?=\d{3}(?!\d))")
 _FRAC_CMD = re.compile(r"\\[dtc]frac")
 _BINOM_CMD = re.compile(r"\\[dt]binom")
-_LEFT_RIGHT = re.compile(r"\\(?:left|right|[bB]igg?[lr]?)\s*(?=[()\[\]|.]|\\[{}|]|\\[lr]?vert|\\langle|\\rangle)")
+_LEFT_RIGHT = re.compile(
+    r"\\(?:left|right|[bB]igg?[lr]?)\s*(?=[()\[\]|.]|\\[{}|]|\\[lr]?vert|\\langle|\\rangle)")
 _LR_DOT = re.compile(r"(?<=\\left)\.|(?<=\\right)\.")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\^\s*\{?\s*\\degree\s*\}?|\\circ|\\degree|°")
 _DOLLARS = re.compile(r"\\\$|\$")
 _PERCENT = re.compile(r"\\%")
-_FONT_WRAP = re.compile(r"\\(?:text(?:rm|bf|it|normal|sf|tt)?|mbox|math(?:rm|bf|it|sf|tt|normal)|bm|boldsymbol|operatorname)\s*\{([^{}]*)\}")
-_TRAILING_UNIT = re.compile(r"^(.*?\S)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}\s*(?:\^\s*\{?\d\}?)?$")
+_FONT_WRAP = re.compile(
+    r"\\(?:text(?:rm|bf|it|normal|sf|tt)?|mbox|math(?:rm|bf|it|sf|tt|normal)|bm|boldsymbol|operatorname)"
+    r"\s*\{([^{}]*)\}")
+_TRAILING_UNIT = re.compile(
+    r"^(.*?\S)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}\s*(?:\^\s*\{?\d\}?)?$")
 _BARE_UNIT = re.compile(r"^(-?[\d.,/]+)\s*(?:[a-zA-Z]{2,}\.?)(?:\s+[a-zA-Z]+)*(?:\^\d)?$")
 _AND_OR = re.compile(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|(?<![a-zA-Z\\])(?:and|or)(?![a-zA-Z]))\s*")
 _FRAC_SHORT = [
@@ -202,3 +206,39 @@ _BASE_NUMERAL = re.compile(r"^[0-9A-Za-z]+_\d+$")
 def is_base_numeral(key: str) -> bool:
     """``52_8``: a numeral in another base -- compared as written, never parsed."""
     return bool(_BASE_NUMERAL.match(key))
+
+
+_SET_OPS = re.compile(r"\\(?:pm|mp|cup|cap|setminus)(?![a-zA-Z])")
+_NO_SHAPE = re.compile(r"[<>=]|\\(?:le|ge|ne|lt|gt|in|mathbb|begin|emptyset)(?![a-zA-Z])")
+
+
+def _depth_one_commas(key: str) -> tuple:
+    """(comma at depth 0, the whole string is one bracket pair with a comma directly inside)."""
+    depth, top_comma, inner_comma, closes_at_end = 0, False, False, True
+    i = 0
+    while i < len(key):
+        c = key[i:i + 2] if key.startswith(("\\{", "\\}"), i) else key[i]
+        if c in ("(", "[", "{", "\\{"):
+            depth += 1
+        elif c in (")", "]", "}", "\\}"):
+            depth -= 1
+            if depth == 0 and i + len(c) < len(key):
+                closes_at_end = False
+        elif c == ",":
+            top_comma |= depth == 0
+            inner_comma |= depth == 1
+        i += len(c)
+    wrapped = key[:1] in "([" or key.startswith("\\{")
+    return top_comma, wrapped and closes_at_end and inner_comma
+
+
+def is_collection(key: str) -> Optional[bool]:
+    """True for a list, tuple, interval, set or ``a \\pm b``; False for one scalar expression;
+    None when the shape alone cannot tell (relations, ``\\mathbb``, matrices, the empty set)."""
+    if _NO_SHAPE.search(key):
+        return None
+    top_comma, wrapped_list = _depth_one_commas(key)
+    if top_comma or wrapped_list:
+        return True
+    depth_zero = re.sub(r"\{[^{}]*\}", "", key)  # crude: drop innermost groups before looking for \pm
+    return bool(_SET_OPS.search(depth_zero))

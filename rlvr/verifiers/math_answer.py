@@ -6,8 +6,8 @@ common cases never reach sympy (Hendrycks et al., arXiv 2103.03874, define the a
 1. extraction -- the last ``\\boxed{...}``/``\\fbox{...}``; none (or unbalanced) scores 0;
 2. normalisation (:mod:`.latex`), then string match;
 3. numbers and lists of numbers (:mod:`.numeric`): exact, or relative tolerance for decimals;
-4. text answers (``\\text{Evelyn}``) and base-b numerals (``52_8``) compare as written, and a
-   constant never equals an expression with a free variable;
+4. text answers (``\\text{Evelyn}``) and base-b numerals (``52_8``) compare as written; a
+   constant never equals an expression with a free variable, nor a list/interval/set a scalar;
 5. sympy: both sides parsed by ``latex2sympy2_extended`` behind guards (:mod:`.symbolic`) and
    compared structurally and numerically.  The gold's normal form and parse are cached.
 
@@ -20,7 +20,7 @@ import re
 from functools import lru_cache
 from typing import Optional
 
-from rlvr.verifiers.latex import Normal, is_base_numeral, is_word, last_boxed, normalize
+from rlvr.verifiers.latex import Normal, is_base_numeral, is_collection, is_word, last_boxed, normalize
 from rlvr.verifiers.numeric import compare_number_lists
 from rlvr.verifiers.symbolic import equivalent, parse_answer
 
@@ -73,6 +73,8 @@ def answers_equal(pred: str, ground_truth: str) -> bool:
     if _is_text(gold.latex) or _is_text(got.latex):
         return gold.latex.lower() == got.latex.lower()
     if is_base_numeral(gold.key) or is_base_numeral(got.key) or _constant_vs_expression(gold, got):
+        return False
+    if {is_collection(gold.key), is_collection(got.key)} == {True, False}:  # a list is not a scalar
         return False
     gold_expr, got_expr = parse_answer(gold.latex), parse_answer(got.latex)
     if gold_expr is None or got_expr is None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -47,6 +48,7 @@ ScoreFn = Callable[[str, str, str], float]
 
 _KILL_WAIT_S = 2.0  # join after SIGKILL; the kernel reaps in milliseconds
 _START_GRACE_S = 5.0  # extra time for a fresh worker to start (import the scoring function's module)
+_POLL_S = 0.02  # re-read the progress words this often while a busy worker is between items
 _PR_SET_PDEATHSIG = 1
 
 
@@ -62,7 +64,8 @@ def default_score_fn(format_weight: float = 0.0, gsm8k_extract: str = "auto") ->
 
 
 def _compute(name: str, response: str, ground_truth: str, format_weight: float, gsm8k_extract: str) -> float:
-    return compute_reward(name, response, ground_truth, format_weight=format_weight, gsm8k_extract=gsm8k_extract)
+    return compute_reward(name, response, ground_truth, format_weight=format_weight,
+                          gsm8k_extract=gsm8k_extract)
 
 
 # --------------------------------------------------------------------------- child side
@@ -70,15 +73,36 @@ _POS_BITS = 16  # progress word: (microseconds since the pool's epoch << 16) | p
 FLUSH_S = 0.01  # a worker reports finished items at least this often (and at chunk end)
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> Optional[ctypes.CDLL]:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
 def _limit_child(max_memory_mb: int, die_with_parent: bool) -> None:
     if max_memory_mb > 0:
         limit = int(max_memory_mb) * 2**20
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    if die_with_parent:  # the parent is the fork server, which exits with the pool's owner
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
+    if die_with_parent and hasattr(_libc(), "prctl"):  # the parent is the fork server,
+        _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # which exits with the pool's owner
+
+
+def _trim_heap() -> None:
+    """Give freed heap back to the OS after a chunk (a 1 MB answer must not pin 1 MB for good)."""
+    if hasattr(_libc(), "malloc_trim"):  # glibc only
+        _libc().malloc_trim(0)
+
+
+def _send(conn: Connection, results: list) -> bool:
+    try:
+        conn.send(results)
+        return True
+    except (OSError, ValueError):  # the parent is gone
+        return False
 
 
 def _score_one(score_fn: ScoreFn, request: Request) -> Tuple[float, str]:
@@ -86,7 +110,7 @@ def _score_one(score_fn: ScoreFn, request: Request) -> Tuple[float, str]:
         reward = float(score_fn(*request))
     except Exception as exc:  # noqa: BLE001 -- any failure of one item is that item's 0.0
         return 0.0, f"error: {type(exc).__name__}: {exc}"[:300]
-    if reward != reward or reward in (float("inf"), float("-inf")):
+    if not math.isfinite(reward):
         return 0.0, "error: non-finite reward"
     return reward, ""
 
@@ -109,17 +133,17 @@ def _serve(conn: Connection, progress, slot: int, epoch: float, score_fn: ScoreF
         for pos, (index, request) in enumerate(chunk, start=1):
             start = time.monotonic()
             if done and start - last_flush >= FLUSH_S:
-                conn.send(done)
+                if not _send(conn, done):
+                    return
                 done, last_flush = [], start
             progress[slot] = (int((start - epoch) * 1e6) << _POS_BITS) | pos
             reward, reason = _score_one(score_fn, request)
             done.append((index, reward, reason, time.monotonic() - start))
-        del chunk, request
+        chunk = request = None  # drop the texts before trimming the heap
         progress[slot] = 0
-        try:
-            conn.send(done)
-        except (OSError, ValueError):
+        if not _send(conn, done):
             return
+        _trim_heap()
 
 
 # --------------------------------------------------------------------------- parent side
@@ -189,7 +213,8 @@ class VerifierPool:
     def _start(self, slot: int) -> _Worker:
         self._progress[slot] = 0
         parent_end, child_end = self._ctx.Pipe(duplex=True)
-        args = (child_end, self._progress, slot, self._epoch, self._score_fn, self._max_memory_mb, self._forkserver)
+        args = (child_end, self._progress, slot, self._epoch, self._score_fn, self._max_memory_mb,
+                self._forkserver)
         process = self._ctx.Process(target=_serve, args=args, name=f"verifier-{slot}", daemon=True)
         with _without_main_module():
             process.start()
@@ -293,7 +318,10 @@ class VerifierPool:
         busy = [i for i, w in enumerate(self._workers) if w.busy]
         if not busy:
             return
-        timeout = min(self._deadline(i) for i in busy) - time.monotonic()
+        # progress words change without waking us: poll while a worker has no current item
+        now = time.monotonic()
+        timeout = min(self._deadline(i) if self._current(i) else min(self._deadline(i), now + _POLL_S)
+                      for i in busy) - now
         wait([h for i in busy for h in (self._workers[i].conn, self._workers[i].process.sentinel)],
              timeout=max(0.0, timeout))
         for i in busy:
@@ -324,7 +352,8 @@ class VerifierPool:
 
     # ----------------------------------------------------------------- introspection
     def metrics(self) -> Dict[str, float]:
-        keys = ("items_scored", "timeouts", "crashes", "errors", "processes_replaced", "items_requeued", "batches")
+        keys = ("items_scored", "timeouts", "crashes", "errors", "processes_replaced", "items_requeued",
+                "batches")
         out = {k: float(self._counts[k]) for k in keys}
         out["num_processes"] = float(sum(w.process.is_alive() for w in self._workers))
         return out

@@ -30,7 +30,7 @@ from typing import Any, List, Optional
 
 import sympy
 from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
-from sympy import Abs, And, Eq, Float, I, Interval, MatrixBase, Symbol, Tuple, Union
+from sympy import And, Eq, Float, I, Interval, MatrixBase, Symbol, Tuple, Union
 from sympy.core.relational import Relational
 from sympy.sets.sets import FiniteSet, Set
 
@@ -46,7 +46,8 @@ _HEAVY = re.compile(
 )
 _BIG_EXPONENT = re.compile(r"\^\s*\{?\s*[-+]?\s*\d{5,}")
 _BIG_FACTORIAL = re.compile(r"\d{5,}\s*!")
-_BIG_BINOM = re.compile(r"\\(?:binom|choose)[^0-9]{0,8}\d{5,}|\\(?:binom|choose)\s*\{[^{}]*\}\s*\{[^{}]*\d{5,}")
+_BIG_BINOM = re.compile(
+    r"\\(?:binom|choose)[^0-9]{0,8}\d{5,}|\\(?:binom|choose)\s*\{[^{}]*\}\s*\{[^{}]*\d{5,}")
 
 
 def _depth_ok(text: str) -> bool:
@@ -100,7 +101,7 @@ def _log10_abs(x: sympy.Number) -> float:
     if x.is_zero or not x.is_finite:
         return 0.0
     if x.is_Float:
-        _, man, exp, bc = x._mpf_
+        _, _, exp, bc = x._mpf_
         return abs((exp + bc) * math.log10(2.0))
     return max(math.log10(abs(x.p)), math.log10(x.q))
 
@@ -258,7 +259,9 @@ _POSITIVE_FORM = {  # relation -> (expression that is > 0 or >= 0, strict)
 
 
 def _is_relation(e: Any) -> bool:
-    return isinstance(e, Relational) or (isinstance(e, And) and all(isinstance(a, Relational) for a in e.args))
+    if isinstance(e, And):
+        return all(isinstance(a, Relational) for a in e.args)
+    return isinstance(e, Relational)
 
 
 def _relations_equal(a: Any, b: Any) -> bool:
@@ -295,7 +298,7 @@ def _elements(e: Any):
 
 
 def _collections_equal(gold: Any, pred: Any) -> bool:
-    (kg, xg), (kp, xp) = _elements(gold), _elements(pred)
+    (kg, xg), (_, xp) = _elements(gold), _elements(pred)
     if len(xg) != len(xp):
         return False
     if kg == "ordered":  # the gold decides: an ordered answer must be written in order
