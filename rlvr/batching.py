@@ -5,17 +5,27 @@ Design: the driver plans every micro-batch before anything reaches a trainer, so
 collectives never deadlock on an uneven split), (2) the trainer stays
 algorithm-blind: it receives tensors, never samples, rewards or groups.
 
-A micro-batch is *packed*: its sequences are concatenated into one row, with
-``position_ids`` restarting at 0 for each sequence; transformers builds the
-block-diagonal causal mask from those position ids, so no padding token is
-ever computed.  Per-response tensors (``old_logprob``, ``advantages``,
-``token_weight``…) stay in a padded ``[n, T]`` layout for the losses, and
-``gather_index`` maps each ``[n, T]`` slot to its position in the packed row.
+A micro-batch has one of two layouts behind one interface (``TrainerConfig.packing``):
+
+* *packed* (:func:`pack`, the default): its sequences are concatenated into one
+  ``[1, S]`` row, with ``position_ids`` restarting at 0 for each sequence and no
+  attention mask; transformers derives the block-diagonal causal mask (sdpa,
+  eager) or the ``cu_seqlens`` of varlen flash-attention from those position
+  ids, so no padding token is ever computed;
+* *padded* (:func:`pad`): one right-padded row per sequence, ``[n, T_max]``,
+  with an ``attention_mask``; it computes ``n * T_max`` tokens, and the planner
+  charges it that much against the token budget.
+
+Either way the model's outputs are flattened to ``[S]`` (``S = input_ids.numel()``),
+per-response tensors (``old_logprob``, ``advantages``, ``token_weight``…) stay
+in a padded ``[n, T]`` layout for the losses, and ``gather_index`` maps each
+``[n, T]`` slot to its position in the flattened output, so the trainer runs
+one code path for both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -42,22 +52,31 @@ class Sample:
 
 @dataclass
 class MicroBatch:
-    """Packed sequences plus per-response tensors in ``[n, T]`` layout."""
+    """Packed (``[1, S]``) or padded (``[n, T_max]``) sequences plus per-response tensors in ``[n, T]`` layout."""
 
-    input_ids: torch.Tensor  # [1, S] packed prompt+response tokens (last token of each dropped)
-    position_ids: torch.Tensor  # [1, S] restarting at 0 for each sequence
-    targets: torch.Tensor  # [S] next token at each position
-    gather_index: torch.Tensor  # [n, T] position in the packed row of response token t of sequence i
+    input_ids: torch.Tensor  # [1, S] packed or [n, T_max] padded prompt+response tokens (last token of each dropped)
+    position_ids: torch.Tensor  # same shape; restarting at 0 for each sequence
+    targets: torch.Tensor  # [input_ids.numel()] next token at each (flattened) position; 0 at padding
+    gather_index: torch.Tensor  # [n, T] flattened position of the prediction of response token t of sequence i
     token_mask: torch.Tensor  # [n, T] bool, valid response tokens
     sample_index: List[int]  # which batch rows these n sequences are
     fields: Dict[str, torch.Tensor] = field(default_factory=dict)  # old_logprob, advantages, token_weight, ...
+    attention_mask: Optional[torch.Tensor] = None  # [n, T_max] 1 = real token (padded layout); None when packed
+
+    @property
+    def packed(self) -> bool:
+        return self.attention_mask is None
+
+    @property
+    def num_tokens(self) -> int:
+        """Token positions the model computes (padding included)."""
+        return self.input_ids.numel()
 
     def with_fields(self, **tensors: torch.Tensor) -> "MicroBatch":
         rows = torch.tensor(self.sample_index)
         T = self.token_mask.shape[1]
         sliced = {k: v[rows, :T] for k, v in tensors.items()}
-        return MicroBatch(self.input_ids, self.position_ids, self.targets, self.gather_index,
-                          self.token_mask, self.sample_index, {**self.fields, **sliced})
+        return replace(self, fields={**self.fields, **sliced})
 
 
 def pad_responses(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,10 +126,56 @@ def pack(samples: Sequence[Sample], sample_index: Sequence[int]) -> MicroBatch:
     )
 
 
+def pad(samples: Sequence[Sample], sample_index: Sequence[int]) -> MicroBatch:
+    """``samples[i] for i in sample_index`` as right-padded rows ``[n, T_max]`` with an attention mask."""
+    chosen = [samples[i] for i in sample_index]
+    seqs = [list(s.prompt_ids) + list(s.response_ids) for s in chosen]
+    width = max(len(seq) - 1 for seq in seqs)
+    T = max(1, max(len(s.response_ids) for s in chosen))
+    ids = torch.zeros(len(chosen), width, dtype=torch.long)  # pad id 0: never attended to, never gathered
+    tgt = torch.zeros(len(chosen), width, dtype=torch.long)
+    attn = torch.zeros(len(chosen), width, dtype=torch.long)
+    gather = torch.zeros(len(chosen), T, dtype=torch.long)
+    mask = torch.zeros(len(chosen), T, dtype=torch.bool)
+    for row, (s, seq) in enumerate(zip(chosen, seqs)):
+        n_in = len(seq) - 1
+        ids[row, :n_in] = torch.tensor(seq[:-1])
+        tgt[row, :n_in] = torch.tensor(seq[1:])
+        attn[row, :n_in] = 1
+        n_resp = len(s.response_ids)
+        start = row * width + len(s.prompt_ids) - 1
+        gather[row, :n_resp] = torch.arange(start, start + n_resp)
+        mask[row, :n_resp] = True
+    return MicroBatch(
+        input_ids=ids,
+        position_ids=torch.arange(width).expand(len(chosen), width).clone(),  # monotonic: no packing detected
+        targets=tgt.reshape(-1),
+        gather_index=gather,
+        token_mask=mask,
+        sample_index=list(sample_index),
+        attention_mask=attn,
+    )
+
+
+def build_micro_batch(samples: Sequence[Sample], sample_index: Sequence[int], packing: bool = True) -> MicroBatch:
+    """:func:`pack` or :func:`pad`, as ``TrainerConfig.packing`` says."""
+    return pack(samples, sample_index) if packing else pad(samples, sample_index)
+
+
+def micro_batch_tokens(lengths: Sequence[int], packing: bool) -> int:
+    """Token positions a micro-batch of sequences with these input lengths computes."""
+    return sum(lengths) if packing else len(lengths) * max(lengths, default=0)
+
+
 def plan_micro_batches(
-    samples: Sequence[Sample], num_ranks: int, token_budget: int, indices: Optional[Sequence[int]] = None
+    samples: Sequence[Sample], num_ranks: int, token_budget: int, indices: Optional[Sequence[int]] = None,
+    packing: bool = True,
 ) -> List[List[List[int]]]:
     """Split sample indices over ranks, then into micro-batches under ``token_budget``.
+
+    The budget counts computed token positions (:func:`micro_batch_tokens`): the
+    sum of lengths when packed, ``n * T_max`` when padded.  A sample longer
+    than the budget gets a micro-batch of its own.
 
     Returns ``plan[rank][micro] -> sample indices``; every rank gets the same number
     of micro-batches (a rank may get an empty one only if it has fewer samples than
@@ -122,7 +187,7 @@ def plan_micro_batches(
         raise ValueError(f"{len(indices)} samples do not split evenly over {num_ranks} trainer ranks")
     order = sorted(indices, key=lambda i: -samples[i].num_tokens)
     per_rank = [order[r::num_ranks] for r in range(num_ranks)]
-    plans = [_greedy_pack(samples, rank_idx, token_budget) for rank_idx in per_rank]
+    plans = [_greedy_pack(samples, rank_idx, token_budget, packing) for rank_idx in per_rank]
     n_micro = max(len(p) for p in plans)
     # equalise the count: split the largest micro-batch of short ranks until counts match
     for p in plans:
@@ -136,17 +201,17 @@ def plan_micro_batches(
     return plans
 
 
-def _greedy_pack(samples: Sequence[Sample], idx: Sequence[int], budget: int) -> List[List[int]]:
+def _greedy_pack(samples: Sequence[Sample], idx: Sequence[int], budget: int, packing: bool) -> List[List[int]]:
     out: List[List[int]] = []
     cur: List[int] = []
-    used = 0
+    lengths: List[int] = []
     for i in idx:
         n = samples[i].num_tokens - 1
-        if cur and used + n > budget:
+        if cur and micro_batch_tokens(lengths + [n], packing) > budget:
             out.append(cur)
-            cur, used = [], 0
+            cur, lengths = [], []
         cur.append(i)
-        used += n
+        lengths.append(n)
     if cur:
         out.append(cur)
     return out

@@ -36,6 +36,7 @@ from rlvr.config import AlgorithmConfig, ConfigError, RLConfig, load_config
 from rlvr.runtime import Actors
 
 WEIGHT_BUCKET_BYTES = 256 << 20
+RESTART_RETRIES = 2  # re-submissions of a rollout call whose worker died
 
 
 class RLLoop:
@@ -141,7 +142,7 @@ class RLLoop:
 
     def score(self, samples: List[Sample]) -> None:
         requests = [(s.verifier, s.text, s.ground_truth) for s in samples]
-        rewards, reasons = self.call(lambda: self.actors.reward.score.remote(requests), retries=2)
+        rewards, reasons = self.call(lambda: self.actors.reward.score.remote(requests), retries=10)
         for s, r, why in zip(samples, rewards, reasons):
             s.reward, s.reason = float(r), why
 
@@ -198,10 +199,11 @@ class RLLoop:
         for attempt in range(retries + 1):
             try:
                 return ray.get(refs_or_fn() if callable(refs_or_fn) else refs_or_fn)
-            except ray.exceptions.RayActorError:
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 if attempt == retries:
                     raise
                 print(f"[rlvr] actor died; retrying ({attempt + 1}/{retries})", file=sys.stderr, flush=True)
+                time.sleep(2.0)  # give Ray time to restart it
 
     def call_rollouts(self, calls) -> List:
         """Run ``(worker, method, args)`` on rollout workers; a restarted worker gets the latest weights first."""
@@ -210,18 +212,34 @@ class RLLoop:
         refs = [getattr(w, m).remote(*args) for w, m, args in calls]
         out = []
         for (w, m, args), ref in zip(calls, refs):
-            for attempt in range(3):
+            for attempt in range(RESTART_RETRIES + 1):
                 try:
                     out.append(ray.get(ref))
                     break
-                except ray.exceptions.RayActorError:
-                    if attempt == 2:
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    if attempt == RESTART_RETRIES:
                         raise
-                    print(f"[rlvr] rollout worker died during {m}; restarting it", file=sys.stderr, flush=True)
+                    print(f"[rlvr] rollout worker died during {m}; waiting for its restart", file=sys.stderr, flush=True)
+                    wait_until_alive(w)
                     if self.weights_ref is not None and m != "load_weights":
                         ray.get(w.load_weights.remote(self.weights_ref))
                     ref = getattr(w, m).remote(*args)
         return out
+
+
+def wait_until_alive(actor, timeout_s: float = 600.0) -> None:
+    """Block until a restarting actor answers (a vLLM engine takes a while to come back)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.pid.remote(), timeout=30)
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def assign_credit(a: AlgorithmConfig, values: Dict[str, float], adv_seq: torch.Tensor, mask: torch.Tensor,

@@ -4,7 +4,16 @@ Design: the metrics and the loop are pure; the rollout engine and the reward
 pool come in as two callables, ``generate_fn(prompts, n) -> responses`` and
 ``score_fn([(verifier, response, ground_truth)]) -> (scores, infos)``, so the
 loop is tested on CPU with fakes and :func:`_build_backends` is the only place
-that knows about Ray.  Prompts are consumed from an iterator in chunks and
+that knows about Ray: it starts the same ``RolloutWorker``s (vLLM) and
+``RewardPool`` as training (``rlvr.runtime.create_serving_actors``), with a
+per-request sampling seed derived from the run seed and the prompt's index, so
+an evaluation does not depend on the chunk size or the number of workers.
+CHECKPOINT is an HF model directory, ``tiny`` (the built CPU model), or an
+rlvr run checkpoint ``runs/NAME/checkpoints/step_N``: its trainers' sharded
+DCP model state is consolidated once into ``step_N/hf`` (an HF directory of
+the base model named in the saved config, written atomically) and served from
+there.  A prompt longer than ``rollout.max_model_len - rollout.max_tokens``
+tokens keeps its last tokens (the question comes last), with a warning.  Prompts are consumed from an iterator in chunks and
 every scored sample is appended (and flushed) to ``samples.jsonl`` at once, so
 a malformed row or a crash later never loses what was already scored;
 ``summary.json`` is written at the end (and, marked ``"complete": false``, when
@@ -197,9 +206,162 @@ def run_eval(
 
 
 # --------------------------------------------------------------------------- CLI
-def _build_backends(cfg: Any, checkpoint: str) -> Tuple[GenerateFn, ScoreFn]:
-    """Rollout workers serving ``checkpoint`` and the reward pool, as the two callables of run_eval."""
-    raise NotImplementedError("wired by the Ray loop")
+def _build_backends(cfg: Any, checkpoint: str, work_dir: str) -> Tuple[GenerateFn, ScoreFn]:
+    """Rollout workers serving ``checkpoint`` and the reward pool, as the two callables of run_eval.
+
+    Starts Ray (``rlvr.runtime.start_ray``); vLLM's caches go to ``work_dir/.vllm``.
+    """
+    from transformers import AutoTokenizer
+
+    from rlvr.runtime import create_serving_actors, start_ray
+
+    model_path = resolve_checkpoint(checkpoint, cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    start_ray(cfg)
+    rollouts, reward = create_serving_actors(cfg, model_path, work_dir)
+
+    def score_fn(requests: List[Tuple[str, str, str]]) -> Tuple[List[float], List[str]]:
+        return _get(reward.score.remote(requests), lambda: reward.score.remote(requests), "reward pool")
+
+    return EngineGenerate(cfg, tokenizer, rollouts), score_fn
+
+
+class EngineGenerate:
+    """``generate_fn`` over rollout workers: tokenise once, split prompts round-robin, keep order.
+
+    Prompt ``i`` (counted over the whole evaluation) samples with seed ``request_seed(cfg.seed, i)``.
+    """
+
+    def __init__(self, cfg: Any, tokenizer: Any, workers: Sequence[Any]):
+        self.cfg, self.tokenizer, self.workers = cfg, tokenizer, list(workers)
+        self.max_prompt_tokens = cfg.rollout.max_model_len - cfg.rollout.max_tokens
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"rollout.max_model_len ({cfg.rollout.max_model_len}) leaves no room for a prompt "
+                             f"after rollout.max_tokens ({cfg.rollout.max_tokens})")
+        self.done = 0  # prompts generated so far: the index of the next one
+        self.truncated = 0
+
+    def __call__(self, texts: List[str], n: int) -> List[List[str]]:
+        from rlvr.data import format_prompt
+
+        ids = [self.tokenizer(format_prompt(self.tokenizer, t, self.cfg.data.chat_template))["input_ids"]
+               for t in texts]
+        long = sum(len(p) > self.max_prompt_tokens for p in ids)
+        if long:
+            self.truncated += long
+            print(f"rlvr eval: {long} of {len(ids)} prompts exceed rollout.max_model_len - rollout.max_tokens = "
+                  f"{self.max_prompt_tokens} tokens; kept their last {self.max_prompt_tokens}", file=sys.stderr)
+        ids = [p[-self.max_prompt_tokens:] for p in ids]
+        seeds = [request_seed(self.cfg.seed, self.done + i) for i in range(len(ids))]
+        shards = [range(len(ids))[w::len(self.workers)] for w in range(len(self.workers))]
+        temperature = self.cfg.eval.temperature
+
+        def call(worker, shard):
+            return worker.generate.remote([ids[i] for i in shard], n, temperature, [seeds[i] for i in shard])
+
+        refs = [call(w, s) for w, s in zip(self.workers, shards)]
+        responses: List[List[str]] = [[] for _ in ids]
+        for worker, shard, ref in zip(self.workers, shards, refs):
+            samples = _get(ref, lambda w=worker, s=shard: call(w, s), "rollout worker")
+            for j, sample in enumerate(samples):
+                responses[shard[j // n]].append(sample.text)
+        self.done += len(ids)
+        return responses
+
+
+def request_seed(run_seed: int, index: int) -> int:
+    """vLLM sampling seed of evaluation prompt ``index`` (all n samples of a prompt share one request)."""
+    return (run_seed * 1_000_003 + index * 10_007 + 7) % (2**31)
+
+
+def _get(ref: Any, resubmit: Callable[[], Any], what: str, attempts: int = 3) -> Any:
+    """``ray.get(ref)``; after a dead actor (Ray restarts it, with the evaluated weights) submit again."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError:
+            if attempt == attempts - 1:
+                raise
+            print(f"rlvr eval: {what} died; retrying ({attempt + 1}/{attempts - 1})", file=sys.stderr, flush=True)
+            ref = resubmit()
+
+
+# --------------------------------------------------------------------------- checkpoints
+def resolve_checkpoint(checkpoint: str, cfg: Any) -> str:
+    """An HF directory for CHECKPOINT: itself, the built tiny model, or a consolidated rlvr checkpoint."""
+    if checkpoint == "tiny":
+        from rlvr.tiny_model import ensure_model
+
+        return ensure_model(cfg.model, cfg.data.train.max_operand)
+    if os.path.isfile(os.path.join(checkpoint, "config.json")):
+        return checkpoint
+    if os.path.isfile(os.path.join(checkpoint, "driver.json")) and os.path.isdir(os.path.join(checkpoint, "trainer")):
+        return consolidate(checkpoint)
+    raise FileNotFoundError(f"{checkpoint}: neither an HF model directory (config.json) nor an rlvr checkpoint "
+                            f"(driver.json and trainer/), nor 'tiny'")
+
+
+def consolidate(path: str) -> str:
+    """``path/hf``: the trainers' sharded model state (DCP, keys ``model.hf.*``) as an HF directory.
+
+    The architecture and tokenizer come from the base model of the saved config; the directory
+    is written beside it once (temporary name, then rename) and reused by later evaluations.
+    """
+    import shutil
+    import tempfile
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlvr.tiny_model import ensure_model
+
+    final = os.path.join(path, "hf")
+    if os.path.isfile(os.path.join(final, "config.json")):
+        return final
+    saved = _saved_config(path)
+    base = ensure_model(saved.model, saved.data.train.max_operand)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    stored = dcp.FileSystemReader(os.path.join(path, "trainer")).read_metadata().state_dict_metadata
+    params = model.state_dict()
+    wanted = {f"hf.{k}": v for k, v in params.items() if f"model.hf.{k}" in stored}
+    loaded = {v.data_ptr() for v in wanted.values()}
+    missing = [k for k, v in params.items() if f"hf.{k}" not in wanted and v.data_ptr() not in loaded]  # not tied
+    if missing:
+        raise KeyError(f"{path}/trainer holds no weights for {missing[:5]} of base model {base}")
+    dcp.load({"model": wanted}, checkpoint_id=os.path.join(path, "trainer"))  # in place, into the model
+    tmp = tempfile.mkdtemp(prefix=".hf-", dir=path)
+    try:
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+        os.rename(tmp, final)
+    except OSError:
+        if not os.path.isfile(os.path.join(final, "config.json")):  # unless another process won the race
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _saved_config(path: str) -> Any:
+    """The run config stored in a checkpoint's ``driver.json``."""
+    from omegaconf import OmegaConf
+
+    from rlvr.checkpoint import read_driver_state
+    from rlvr.config import RLConfig
+
+    text = read_driver_state(path).get("config")
+    if not text:
+        raise KeyError(f"{path}/driver.json has no 'config'")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RLConfig), OmegaConf.create(text)))
+
+
+def _shutdown_ray() -> None:
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def _iter_prompts(path: str, adapter: str, limit: Optional[int], on_bad_row: str) -> Iterator[Any]:
@@ -244,7 +406,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     from rlvr.config import DATASETS
 
     p = argparse.ArgumentParser(prog="rlvr eval", description="pass@k of a checkpoint on held-out prompts.")
-    p.add_argument("checkpoint", help="HF checkpoint directory (or 'tiny')")
+    p.add_argument("checkpoint", help="HF model directory, rlvr checkpoint (runs/NAME/checkpoints/step_N), or 'tiny'")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. rollout.max_tokens=512")
     p.add_argument("--data", required=True, help="JSONL file of held-out prompts")
@@ -288,13 +450,15 @@ def main(argv: Sequence[str]) -> int:
     data_name = os.path.splitext(os.path.basename(args.data))[0]
     out_dir = args.out or os.path.join(args.checkpoint, f"eval-{data_name}")
     prompts = _iter_prompts(args.data, args.adapter, args.limit, cfg.data.on_bad_row)
-    generate_fn, score_fn = _build_backends(cfg, args.checkpoint)
     try:
+        generate_fn, score_fn = _build_backends(cfg, args.checkpoint, out_dir)
         summary = run_eval(prompts, generate_fn, score_fn, args.n, args.k, out_dir,
                            chunk_size=args.chunk, show_progress=cfg.logging.progress)
     except (DataError, EvalInputError) as exc:  # one line naming the file, the row and the field
         print(f"rlvr eval: {exc} (samples scored so far kept in {out_dir}/samples.jsonl)", file=sys.stderr)
         return 2
+    finally:
+        _shutdown_ray()
     scores = " ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith(("pass@", "mean@")))
     print(f"rlvr eval: {summary['num_prompts']} prompts x {args.n}: {scores} -> {out_dir}/summary.json")
     return 0

@@ -6,6 +6,13 @@ just before it runs and freed after; the root unit holds embeddings, the final
 norm and the fused log-prob head.  bf16 compute with fp32 master weights and
 fp32 gradient reduction comes from ``MixedPrecisionPolicy``.  The same code
 runs on CPU (gloo) and GPU (NCCL); only the device mesh differs.
+
+Without a mesh (tests, the 1-process reference, a single-GPU benchmark) the
+same precision contract is kept by autocast (``PolicyModel.autocast_dtype``):
+fp32 parameters, gradients and optimizer state, bf16 matmuls; so ``trainer.dtype``
+means the same thing sharded or not.  Activation checkpointing (HF's
+non-reentrant ``torch.utils.checkpoint`` around each block) is applied before
+sharding, as torchtitan does.
 """
 
 from __future__ import annotations
@@ -45,12 +52,14 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def parallelize(policy: nn.Module, mesh: Optional[DeviceMesh], cfg: TrainerConfig) -> nn.Module:
-    """Shard ``policy`` (a :class:`rlvr.policy.PolicyModel`) with FSDP2; a no-op without a mesh."""
+    """Shard ``policy`` (a :class:`rlvr.policy.PolicyModel`) with FSDP2; without a mesh, only set its autocast."""
     if cfg.activation_checkpointing:
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    dtype = torch_dtype(cfg.dtype)
     if mesh is None:
+        policy.autocast_dtype = None if dtype == torch.float32 else dtype
         return policy
-    mp = MixedPrecisionPolicy(param_dtype=torch_dtype(cfg.dtype), reduce_dtype=torch.float32)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in decoder_layers(policy.hf):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(policy, mesh=mesh, mp_policy=mp)

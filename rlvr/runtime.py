@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from rlvr.config import PoolConfig, RLConfig
 
@@ -53,15 +53,12 @@ class Actors:
     placement_groups: List[Any] = field(default_factory=list)
 
 
-def create_actors(cfg: RLConfig, model_path: str, run_dir: str) -> Actors:
+def create_serving_actors(cfg: RLConfig, model_path: str, run_dir: str) -> Tuple[List[Any], Any]:
+    """The rollout workers serving ``model_path`` and the reward pool: all that ``rlvr eval`` needs."""
     import ray
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from workers.reward_pool import RewardPool
     from workers.rollout import RolloutWorker
-    from workers.scheduler import Scheduler
-    from workers.trainer import TrainerWorker
 
     restart = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": 0}
     rollouts = [
@@ -69,6 +66,18 @@ def create_actors(cfg: RLConfig, model_path: str, run_dir: str) -> Actors:
         for i in range(cfg.rollout.num_workers)
     ]
     reward = ray.remote(RewardPool).options(**actor_options(cfg.verifier), **restart).remote(cfg.verifier)
+    return rollouts, reward
+
+
+def create_actors(cfg: RLConfig, model_path: str, run_dir: str) -> Actors:
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from workers.scheduler import Scheduler
+    from workers.trainer import TrainerWorker
+
+    rollouts, reward = create_serving_actors(cfg, model_path, run_dir)
 
     bundle = {"CPU": cfg.trainer.num_cpus, "GPU": cfg.trainer.num_gpus, **cfg.trainer.resources}
     bundle = {k: v for k, v in bundle.items() if v}

@@ -26,17 +26,30 @@ from rlvr.algo.losses import POLICY_LOSSES, LossInputs
 from rlvr.batching import MicroBatch
 from rlvr.config import LossConfig, TrainerConfig
 from rlvr.parallel import parallelize
-from rlvr.policy import PolicyModel, load_hf_model
+from rlvr.policy import PolicyModel, check_attn_implementation, load_hf_model
 
 
 class Trainer:
     def __init__(self, model_path: str, cfg: TrainerConfig, mesh=None, device: str = "cpu", temperature: float = 1.0):
+        check_attn_implementation(cfg.attn_implementation, torch.device(device), cfg.dtype)
+        self._setup(load_hf_model(model_path, cfg.attn_implementation), cfg, mesh, device, temperature)
+
+    @classmethod
+    def from_hf_model(cls, hf_model: torch.nn.Module, cfg: TrainerConfig, mesh=None, device: str = "cpu",
+                      temperature: float = 1.0) -> "Trainer":
+        """A trainer around an already built fp32 HF model (benchmarks build random models in code)."""
+        check_attn_implementation(cfg.attn_implementation, torch.device(device), cfg.dtype)
+        trainer = cls.__new__(cls)
+        trainer._setup(hf_model, cfg, mesh, device, temperature)
+        return trainer
+
+    def _setup(self, hf_model: torch.nn.Module, cfg: TrainerConfig, mesh, device: str, temperature: float) -> None:
         self.cfg = cfg
         self.temperature = temperature  # the rollout's sampling temperature: train on the sampled distribution
         self.mesh = mesh
         self.device = torch.device(device)
         self.world_size = mesh.size() if mesh is not None else 1
-        policy = PolicyModel(load_hf_model(model_path, cfg.attn_implementation), chunk=cfg.logprob_chunk)
+        policy = PolicyModel(hf_model, chunk=cfg.logprob_chunk)
         self.policy = parallelize(policy.to(self.device), mesh, cfg)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
@@ -47,9 +60,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ forward
     def _forward(self, mb: MicroBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-response ``[n, T]`` log-prob and entropy of one packed micro-batch."""
+        """Per-response ``[n, T]`` log-prob and entropy of one micro-batch (packed or padded: one path)."""
+        if mb.packed != self.cfg.packing:
+            raise ValueError(
+                f"got a {'packed' if mb.packed else 'padded'} micro-batch but trainer.packing={self.cfg.packing}; "
+                "build it with rlvr.batching.build_micro_batch(samples, index, packing=cfg.trainer.packing)"
+            )
+        attention_mask = None if mb.attention_mask is None else mb.attention_mask.to(self.device)
         logprob, entropy = self.policy(
-            mb.input_ids.to(self.device), mb.position_ids.to(self.device), mb.targets.to(self.device), self.temperature
+            mb.input_ids.to(self.device), mb.position_ids.to(self.device), mb.targets.to(self.device),
+            self.temperature, attention_mask,
         )
         idx, mask = mb.gather_index.to(self.device), mb.token_mask.to(self.device)
         return logprob[idx] * mask, entropy[idx] * mask
@@ -73,7 +93,7 @@ class Trainer:
         metrics: Dict[str, float] = {}
         for micro_batches, denom in zip(mini_batches, denoms):
             step_metrics = self._accumulate(micro_batches, loss_cfg, denom, norm_len)
-            step_metrics["train/grad_norm"] = self._clip_and_step()
+            step_metrics["train/grad_norm"] = self.optim_step()
             for k, v in step_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v / len(mini_batches)
         metrics["train/lr"] = self.lr_scheduler.get_last_lr()[0]
@@ -81,22 +101,13 @@ class Trainer:
 
     def _accumulate(self, micro_batches, loss_cfg: LossConfig, denom: float, norm_len: int) -> Dict[str, float]:
         """Forward/backward every micro-batch; metrics are token-weighted means over all ranks."""
-        loss_fn = POLICY_LOSSES[loss_cfg.name]
         names: List[str] = []
         sums: List[float] = []
         loss_total, weight_total = 0.0, 0.0
         for mb in micro_batches:
-            logprob, _ = self._forward(mb)
-            f = {k: v.to(self.device) for k, v in mb.fields.items()}
-            inputs = LossInputs(
-                logprob=logprob, old_logprob=f["old_logprob"], advantages=f["advantages"],
-                token_weight=f["token_weight"], token_mask=mb.token_mask.to(self.device),
-                ref_logprob=f.get("ref_logprob"), norm_len=norm_len, denom=denom,
-            )
-            loss, loss_metrics = loss_fn(inputs, loss_cfg)
-            # FSDP averages gradients over ranks; each rank's loss is a partial sum of the global loss
-            (loss * self.world_size).backward()
-            w = float(f["token_weight"].sum())
+            loss, loss_metrics = self.forward_loss(mb, loss_cfg, denom, norm_len)
+            self.backward(loss)
+            w = float(mb.fields["token_weight"].sum())
             if not names:
                 names, sums = sorted(loss_metrics), [0.0] * len(loss_metrics)
             sums = [acc + loss_metrics[k] * w for acc, k in zip(sums, names)]
@@ -110,7 +121,24 @@ class Trainer:
         out["train/loss"] = loss_total
         return out
 
-    def _clip_and_step(self) -> float:
+    def forward_loss(self, mb: MicroBatch, loss_cfg: LossConfig, denom: float,
+                     norm_len: int) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """One micro-batch's part of the mini-batch loss (divided by the whole mini-batch's ``denom``)."""
+        logprob, _ = self._forward(mb)
+        f = {k: v.to(self.device) for k, v in mb.fields.items()}
+        inputs = LossInputs(
+            logprob=logprob, old_logprob=f["old_logprob"], advantages=f["advantages"],
+            token_weight=f["token_weight"], token_mask=mb.token_mask.to(self.device),
+            ref_logprob=f.get("ref_logprob"), norm_len=norm_len, denom=denom,
+        )
+        return POLICY_LOSSES[loss_cfg.name](inputs, loss_cfg)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # FSDP averages gradients over ranks; each rank's loss is a partial sum of the global loss
+        (loss * self.world_size).backward()
+
+    def optim_step(self) -> float:
+        """Clip the global grad norm, step AdamW and the LR schedule; returns the pre-clip norm."""
         params = [p for p in self.policy.parameters() if p.grad is not None]
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
