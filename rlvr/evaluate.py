@@ -40,10 +40,15 @@ GenerateFn = Callable[[List[str], int], List[List[str]]]
 ScoreFn = Callable[[List[Tuple[str, str, str]]], Tuple[List[float], List[str]]]
 
 PROMPT_FIELDS = ("prompt", "ground_truth", "verifier")
+ENGINE_DIR = "~/.cache/rlvr/eval"  # vLLM caches and sockets of the evaluation engines (see rlvr.rollout.engine_env)
 
 
 class EvalInputError(ValueError):
     """A prompt handed to :func:`run_eval` lacks a field; names the row and the field."""
+
+
+class CheckpointError(ValueError):
+    """CHECKPOINT is not something ``rlvr eval`` can serve; says what it lacks."""
 
 
 # --------------------------------------------------------------------------- metrics
@@ -206,10 +211,11 @@ def run_eval(
 
 
 # --------------------------------------------------------------------------- CLI
-def _build_backends(cfg: Any, checkpoint: str, work_dir: str) -> Tuple[GenerateFn, ScoreFn]:
+def _build_backends(cfg: Any, checkpoint: str) -> Tuple[GenerateFn, ScoreFn]:
     """Rollout workers serving ``checkpoint`` and the reward pool, as the two callables of run_eval.
 
-    Starts Ray (``rlvr.runtime.start_ray``); vLLM's caches go to ``work_dir/.vllm``.
+    Starts Ray (``rlvr.runtime.start_ray``).  vLLM's caches (~150 MB of compiler headers on CPU)
+    go to one shared ``ENGINE_DIR``, not into every output directory.
     """
     from transformers import AutoTokenizer
 
@@ -218,7 +224,7 @@ def _build_backends(cfg: Any, checkpoint: str, work_dir: str) -> Tuple[GenerateF
     model_path = resolve_checkpoint(checkpoint, cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     start_ray(cfg)
-    rollouts, reward = create_serving_actors(cfg, model_path, work_dir)
+    rollouts, reward = create_serving_actors(cfg, model_path, os.path.expanduser(ENGINE_DIR))
 
     def score_fn(requests: List[Tuple[str, str, str]]) -> Tuple[List[float], List[str]]:
         return _get(reward.score.remote(requests), lambda: reward.score.remote(requests), "reward pool")
@@ -299,7 +305,7 @@ def resolve_checkpoint(checkpoint: str, cfg: Any) -> str:
         return checkpoint
     if os.path.isfile(os.path.join(checkpoint, "driver.json")) and os.path.isdir(os.path.join(checkpoint, "trainer")):
         return consolidate(checkpoint)
-    raise FileNotFoundError(f"{checkpoint}: neither an HF model directory (config.json) nor an rlvr checkpoint "
+    raise CheckpointError(f"{checkpoint}: neither an HF model directory (config.json) nor an rlvr checkpoint "
                             f"(driver.json and trainer/), nor 'tiny'")
 
 
@@ -330,7 +336,7 @@ def consolidate(path: str) -> str:
     loaded = {v.data_ptr() for v in wanted.values()}
     missing = [k for k, v in params.items() if f"hf.{k}" not in wanted and v.data_ptr() not in loaded]  # not tied
     if missing:
-        raise KeyError(f"{path}/trainer holds no weights for {missing[:5]} of base model {base}")
+        raise CheckpointError(f"{path}/trainer holds no weights for {missing[:5]} of base model {base}")
     dcp.load({"model": wanted}, checkpoint_id=os.path.join(path, "trainer"))  # in place, into the model
     tmp = tempfile.mkdtemp(prefix=".hf-", dir=path)
     try:
@@ -354,7 +360,7 @@ def _saved_config(path: str) -> Any:
 
     text = read_driver_state(path).get("config")
     if not text:
-        raise KeyError(f"{path}/driver.json has no 'config'")
+        raise CheckpointError(f"{path}/driver.json has no 'config'")
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RLConfig), OmegaConf.create(text)))
 
 
@@ -451,11 +457,14 @@ def main(argv: Sequence[str]) -> int:
     out_dir = args.out or os.path.join(args.checkpoint, f"eval-{data_name}")
     prompts = _iter_prompts(args.data, args.adapter, args.limit, cfg.data.on_bad_row)
     try:
-        generate_fn, score_fn = _build_backends(cfg, args.checkpoint, out_dir)
+        generate_fn, score_fn = _build_backends(cfg, args.checkpoint)
         summary = run_eval(prompts, generate_fn, score_fn, args.n, args.k, out_dir,
                            chunk_size=args.chunk, show_progress=cfg.logging.progress)
     except (DataError, EvalInputError) as exc:  # one line naming the file, the row and the field
         print(f"rlvr eval: {exc} (samples scored so far kept in {out_dir}/samples.jsonl)", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:
+        print(f"rlvr eval: {exc}", file=sys.stderr)
         return 2
     finally:
         _shutdown_ray()

@@ -32,7 +32,7 @@ def state_dict_hash(items: Iterable[Tuple[str, torch.Tensor]]) -> str:
     for name, t in sorted(items, key=lambda kv: kv[0]):
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 

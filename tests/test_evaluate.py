@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import pytest
 
@@ -165,6 +166,7 @@ def test_cli_fail_on_bad_row_names_file_row_field_and_keeps_samples(tmp_path, mo
     write_gsm8k(data, bad_row=3)
     monkeypatch.setattr(evaluate, "_build_backends",
                         lambda cfg, ckpt: (lambda texts, n: [[t[1:]] * n for t in texts], Fakes().score))
+    monkeypatch.setattr(evaluate, "_shutdown_ray", lambda: None)
     out = tmp_path / "out"
     argv = ["eval", "ckpt", "--data", str(data), "--adapter", "gsm8k", "--n", "2", "--k", "1,2",
             "--out", str(out), "--chunk", "1", "eval.temperature=1.0",
@@ -184,10 +186,137 @@ def test_cli_fail_on_bad_row_names_file_row_field_and_keeps_samples(tmp_path, mo
     assert summary["num_prompts"] == 3 and summary["pass@1"] == 1.0
 
 
-def test_cli_backends_are_left_to_the_ray_loop(tmp_path):
+def test_cli_rejects_a_checkpoint_that_is_not_a_model(tmp_path, capsys):
     data = tmp_path / "gsm8k.jsonl"
     write_gsm8k(data)
-    with pytest.raises(NotImplementedError, match="wired by the Ray loop"):
-        evaluate.main([str(tmp_path), "--data", str(data), "--adapter", "gsm8k", "--limit", "2"])
+    (tmp_path / "empty").mkdir()
+    argv = [str(tmp_path / "empty"), "--data", str(data), "--adapter", "gsm8k", "--limit", "2"]
+    assert evaluate.main(argv) == 2
+    assert "neither an HF model directory (config.json) nor an rlvr checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.parse_args(["ckpt", "--data", "x", "--adapter", "gsm8k", "--n", "2", "--k", "1,4"])
+
+
+# --------------------------------------------------------------------------- backends
+class FakeWorker:
+    """A rollout worker answering each request with '<prompt ids>|<seed>|<sample j>'."""
+
+    def __init__(self):
+        self.calls = []
+        self.generate = self  # worker.generate.remote(...)
+
+    def remote(self, prompt_ids, n, temperature, seeds):
+        from rlvr.batching import Sample
+
+        self.calls.append((len(prompt_ids), n, temperature))
+        return [Sample(prompt_ids=p, response_ids=[], rollout_logprob=[], text=f"{p}|{seed}|{j}")
+                for p, seed in zip(prompt_ids, seeds) for j in range(n)]
+
+
+class CharTokenizer:
+    def __call__(self, text):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def engine_generate(workers, chunks, texts, n=2, max_model_len=12, max_tokens=4):
+    from rlvr.config import load_config
+
+    cfg = load_config([], [f"rollout.max_model_len={max_model_len}", f"rollout.max_tokens={max_tokens}",
+                           "eval.temperature=1.0", "seed=3"])
+    gen = evaluate.EngineGenerate(cfg, CharTokenizer(), workers)
+    out, start = [], 0
+    for size in chunks:
+        out += gen(texts[start:start + size], n)
+        start += size
+    return out, gen
+
+
+def test_engine_generate_seeds_by_prompt_index_and_keeps_order(monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    texts = [f"q{i}" for i in range(7)] + ["a-much-longer-prompt"]
+    one, _ = engine_generate([FakeWorker()], [8], texts)
+    workers = [FakeWorker() for _ in range(3)]
+    three, gen = engine_generate(workers, [3, 2, 3], texts)
+    # same samples whatever the chunking and the number of workers: the seed follows the prompt
+    assert one == three
+    assert [len(w) for w in one] == [2] * 8
+    seeds = [int(r[0].split("|")[1]) for r in one]
+    assert seeds == [evaluate.request_seed(3, i) for i in range(8)] and len(set(seeds)) == 8
+    assert [r[1].split("|")[2] for r in one] == ["1"] * 8
+    assert one[0][0].startswith(str([ord(c) for c in "q0"]))
+    # prompts beyond max_model_len - max_tokens = 8 tokens keep their last 8
+    assert one[7][0].startswith(str([ord(c) for c in "r-prompt"])) and gen.truncated == 1
+    assert sum(c[0] for w in workers for c in w.calls) == 8 and {c[1:] for w in workers for c in w.calls} == {(2, 1.0)}
+
+
+def test_engine_generate_needs_room_for_a_prompt():
+    with pytest.raises(ValueError, match="leaves no room for a prompt"):
+        engine_generate([FakeWorker()], [1], ["q"], max_model_len=8, max_tokens=8)
+
+
+def test_consolidate_rlvr_checkpoint_into_hf_dir(tmp_path):
+    """A trainer checkpoint (DCP, keys model.hf.*) becomes an HF directory with exactly its weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rlvr import checkpoint
+    from rlvr.config import TrainerConfig, load_config, to_yaml
+    from rlvr.trainer import Trainer
+    from tests.helpers import tiny_checkpoint
+
+    base = tiny_checkpoint(str(tmp_path / "base"))
+    trainer = Trainer(base, TrainerConfig())
+    with torch.no_grad():
+        for p in trainer.policy.parameters():
+            p.add_(torch.randn_like(p))  # the checkpoint must not equal the base model
+    expected = trainer.full_state_dict()
+    cfg = load_config([], [f"model.path={base}"])
+    tmp = checkpoint.begin(str(tmp_path / "run"), 7)
+    trainer.save(tmp)
+    path = checkpoint.commit(tmp, {"step": 7, "config": to_yaml(cfg)}, keep=2)
+
+    hf = evaluate.resolve_checkpoint(path, None)
+    assert hf == f"{path}/hf"
+    weights = load_file(f"{hf}/model.safetensors")
+    assert set(weights) == set(expected)  # untied lm_head: every tensor stored
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    assert not torch.equal(weights["model.norm.weight"], load_file(f"{base}/model.safetensors")["model.norm.weight"])
+    assert (tmp_path / "run/checkpoints/step_000007/hf/tokenizer.json").is_file()
+    assert evaluate.resolve_checkpoint(path, None) == hf  # built once, then reused
+    assert evaluate.resolve_checkpoint(base, None) == base
+
+
+# --------------------------------------------------------------------------- end to end (Ray + vLLM)
+@pytest.mark.slow
+def test_cli_evaluates_an_hf_dir_through_rollout_workers_and_reward_pool(tmp_path, capsys):
+    from tests.helpers import tiny_checkpoint
+
+    model = tiny_checkpoint(str(tmp_path / "model"))
+    data = tmp_path / "arith.jsonl"
+    rows = [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(7)]
+    rows[4] = {"prompt": "4+4="}  # malformed: no answer
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    argv = ["eval", model, "--data", str(data), "--adapter", "arithmetic", "--n", "2", "--k", "1,2",
+            "--chunk", "4", "--out", str(out), "eval.temperature=1.0", "rollout.max_model_len=128",
+            "rollout.max_tokens=4", "rollout.num_cpus=0.5", "verifier.num_workers=1", "verifier.num_cpus=0.5",
+            "cluster.num_cpus=2", "logging.progress=false"]
+    from rlvr.cli import main as cli
+
+    assert cli(argv) == 0
+    captured = capsys.readouterr()
+    assert f"{data} row 5: field 'answer': missing" in captured.err
+    samples = read_samples(out)
+    assert [(s["index"], s["sample"]) for s in samples] == [(i, j) for i in range(6) for j in range(2)]
+    assert [s["meta"]["row"] for s in samples[::2]] == [1, 2, 3, 4, 6, 7]
+    for s in samples:  # the reward pool's arithmetic verifier: first integer == ground truth
+        match = re.search(r"-?\d+", s["response"])
+        assert s["score"] == float(bool(match) and match.group() == s["ground_truth"]), s
+        assert s["info"] == "" and s["correct"] == (s["score"] >= 1.0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["num_prompts"] == 6 and summary["num_samples"] == 12
+    per_prompt = [[s["correct"] for s in samples if s["index"] == i] for i in range(6)]
+    assert summary["pass@1"] == pytest.approx(sum(sum(p) / 2 for p in per_prompt) / 6)
+    assert summary["pass@2"] == pytest.approx(sum(any(p) for p in per_prompt) / 6)
+    assert "pass@2=" in captured.out
