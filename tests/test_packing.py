@@ -17,9 +17,11 @@ order on CPU, so its gradients must be bit-identical.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from helpers import random_samples, tiny_checkpoint
 from rlvr.batching import build_micro_batch, micro_batch_tokens, pack, pad, pad_responses, plan_micro_batches
@@ -111,6 +113,18 @@ def test_packed_and_padded_match_each_sequence_alone(ckpt, samples, attn):
     assert float(ref_ent.max()) > 1.0  # a non-degenerate model: entropies are far from 0
 
 
+def test_packed_row_without_restarting_positions_leaks(ckpt, samples):
+    """Negative control: the 1e-5 comparison above can fail.  Positions that run on across
+    sequences make transformers use one causal mask over the whole row, so later sequences attend
+    to earlier ones and their log-probs move by ~0.2."""
+    ref_lp, _ = _alone(ckpt, samples)
+    mb = pack(samples, [0, 1, 2, 3])
+    leaky = replace(mb, position_ids=torch.arange(mb.num_tokens)[None])
+    (_, lp, _), = _trainer(ckpt).compute_stats([leaky])
+    assert float((lp[0] - ref_lp[0, : lp.shape[1]]).abs().max()) <= STAT_TOL  # the first sequence is unaffected
+    assert float((lp - ref_lp[:4, : lp.shape[1]]).abs().max()) > 1e-2
+
+
 def test_packed_and_padded_give_same_loss_and_gradients(ckpt, samples):
     packed, padded = _trainer(ckpt, True), _trainer(ckpt, False)
     fields = _fields(samples, _stats(packed, samples, True)[0])
@@ -149,6 +163,26 @@ def test_activation_checkpointing_gives_identical_gradients(ckpt, samples, packi
     assert len(calls) == 2 * n_micro  # really recomputed: every block runs again in backward
     assert loss1 == loss0
     assert all(torch.equal(g0[k], g1[k]) for k in g0)
+
+
+def test_activation_checkpointing_under_fsdp2_gives_identical_gradients(ckpt, samples):
+    """Checkpointing is applied before ``fully_shard``; on a 1-rank gloo group the sharded gradients match."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("dp",))
+        plain = Trainer(ckpt, TrainerConfig(micro_batch_tokens=32), mesh=mesh)
+        ckpted = Trainer(ckpt, TrainerConfig(micro_batch_tokens=32, activation_checkpointing=True), mesh=mesh)
+        fields = _fields(samples, _stats(plain, samples, True)[0])
+        loss0, g0 = _loss_and_grads(plain, samples, True, fields)
+        loss1, g1 = _loss_and_grads(ckpted, samples, True, fields)
+    finally:
+        dist.destroy_process_group()
+    assert loss1 == loss0
+    assert all(torch.equal(g0[k].full_tensor(), g1[k].full_tensor()) for k in g0)
 
 
 def test_layouts_hold_the_same_tokens(samples):

@@ -1,0 +1,340 @@
+"""rlvr vs TRL's GRPOTrainer on one CPU box: seconds/step, samples/s and held-out gain (issue 7, item 5).
+
+Both systems run one after the other in this process's machine, on the same task, from the same
+checkpoint, with the same algorithm:
+
+* task: the synthetic arithmetic task of ``rlvr.data`` (training part, 4096 prompts, seed 1); both
+  see the same prompts in the same order (rlvr's ``PromptSampler`` order, fed to TRL unshuffled);
+  the reward is ``rlvr.verifiers.arithmetic.arithmetic_reward`` (the response's leading integer).
+* algorithm: GRPO, 8 prompts x group size 8 = 64 samples per step, one optimizer step per batch
+  (on-policy), clip 0.2, token-mean loss over the batch (rlvr ``token_mean`` = TRL ``dapo``), no
+  KL (rlvr ``kl_coef=0``, TRL ``beta=0``), AdamW with a constant learning rate, grad clip 1.0,
+  float32, no activation checkpointing, sampling at temperature 1; rlvr without token credit
+  (``credit.criterion=none``), i.e. plain GRPO.
+* TRL: ``GRPOTrainer`` in this process, ``use_cpu=True``, no vLLM (``transformers.generate``),
+  torch's default threads (all cores).  rlvr: ``rlvr.run.run`` -- Ray, one vLLM rollout worker,
+  the reward pool, 2 FSDP2 trainer ranks -- from ``configs/quickstart_cpu.yaml``.
+* sizes: ``tiny``, the quickstart's warm-started 0.4M-parameter Qwen2 (``ensure_model``), 8-token
+  completions (they stop at EOS after ~3); ``compute``, a 25M-parameter Qwen2 (hidden 512, 8
+  layers) with the same character tokenizer, warm-started briefly (:func:`build_compute_model`)
+  to answer and then keep writing filler instead of EOS, so every completion runs the full
+  128 tokens in both systems and generation and training dominate fixed overheads.
+
+Reported per system and size: median seconds/step over the steps after ``--warmup`` (TRL: from
+``on_step_begin`` to ``on_step_end``, which holds its generation, reward and update; rlvr: its
+``time/step`` metric), samples/s = 64 / that, the phase split (rlvr: its ``time/*`` metrics;
+TRL: generate+score vs. the rest), the whole wall time of the N steps including start-up, and
+greedy held-out accuracy (128 held-out prompts, the same verifier, the same ``transformers``
+greedy decoding for both) before and after.  With ``--repeats R`` the two systems alternate order
+and the table shows medians over repeats.  The load average is printed around each run.
+
+    python bench/vs_trl.py [--steps 10] [--steps-compute 4] [--sizes tiny,compute] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import string
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+PROMPTS_PER_STEP, GROUP_SIZE = 8, 8
+SAMPLES = PROMPTS_PER_STEP * GROUP_SIZE
+FILLER = string.ascii_lowercase + " "
+
+
+@dataclass
+class Size:
+    name: str
+    max_tokens: int  # completion budget of both systems
+    max_model_len: int  # rlvr's vLLM context (prompt + completion)
+    lr: float
+    tiny: Dict[str, Any] = field(default_factory=dict)  # TinyModelConfig fields; empty: the quickstart model
+    warmstart_steps: int = 0  # compute size: brief warm start (answer, newline, filler; never EOS)
+
+
+SIZES = {
+    "tiny": Size("tiny", max_tokens=8, max_model_len=64, lr=1e-3),
+    "compute": Size("compute", max_tokens=128, max_model_len=256, lr=1e-4,
+                    tiny=dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536,
+                              max_position=256, warmstart_lr=1e-3, warmstart_batch=32, seed=0),
+                    warmstart_steps=60),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[vs_trl] {msg} (load avg {os.getloadavg()[0]:.2f})", flush=True)
+
+
+# --------------------------------------------------------------------------- models
+def model_for(size: Size) -> str:
+    from rlvr.config import ModelConfig
+    from rlvr.tiny_model import ensure_model
+
+    return ensure_model(ModelConfig()) if not size.tiny else build_compute_model(size)
+
+
+def build_compute_model(size: Size, cache_dir: str = "~/.cache/rlvr/models") -> str:
+    """A Qwen2 of ``size.tiny`` with the tiny model's tokenizer, taught ``prompt -> answer \\n filler``.
+
+    The warm start never shows EOS, so sampling runs to the token budget (the same work in both
+    systems); the answer still comes first, so the arithmetic verifier's reward is meaningful.
+    Cached under ``cache_dir/bench-<hash of the recipe>``.
+    """
+    import torch
+
+    from rlvr.config import TinyModelConfig
+    from rlvr.data import generate_arithmetic
+    from rlvr.tiny_model import build_model, build_tokenizer
+
+    spec = {"tiny": size.tiny, "steps": size.warmstart_steps, "filler": FILLER, "version": 1}
+    final = os.path.join(os.path.expanduser(cache_dir), "bench-" + hashlib.sha256(
+        json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12])
+    if os.path.isfile(os.path.join(final, "config.json")):
+        return final
+    start = time.perf_counter()
+    tcfg = TinyModelConfig(**size.tiny)
+    tokenizer = build_tokenizer()
+    model = build_model(tcfg, tokenizer)
+    rng = random.Random(tcfg.seed)
+    prompts = generate_arithmetic(size.warmstart_steps * tcfg.warmstart_batch, seed=tcfg.seed, max_operand=20)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.warmstart_lr)
+    model.train()
+    for step in range(size.warmstart_steps):
+        rows = []
+        for p in prompts[step * tcfg.warmstart_batch:(step + 1) * tcfg.warmstart_batch]:
+            target = p.ground_truth + "\n" + "".join(rng.choice(FILLER) for _ in range(16))
+            prompt_ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+            target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+            rows.append((prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids))
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids, _ in rows])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+        loss = model(input_ids=input_ids, labels=labels).loss  # right padding: no mask needed for causal LM
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    tmp = tempfile.mkdtemp(prefix=".bench-", dir=os.path.dirname(final))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, "bench_model.json"), "w") as f:
+        json.dump({**spec, "last_loss": float(loss), "build_seconds": time.perf_counter() - start}, f, indent=1)
+    os.rename(tmp, final)
+    log(f"built {final} in {time.perf_counter() - start:.0f}s, last warm-start loss {float(loss):.3f}")
+    return final
+
+
+def heldout_accuracy(model_or_path: Any, tokenizer_path: str) -> float:
+    """Greedy pass@1 on the 128 default held-out prompts, scored by the arithmetic verifier."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlvr.tiny_model import heldout_prompts
+    from rlvr.verifiers.arithmetic import arithmetic_reward
+
+    model = (AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32)
+             if isinstance(model_or_path, str) else model_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    prompts = heldout_prompts(20)
+    model.eval()
+    with torch.no_grad():
+        enc = tokenizer([p.prompt for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return sum(arithmetic_reward(t, p.ground_truth) for t, p in zip(texts, prompts)) / len(prompts)
+
+
+def train_prompts(steps: int) -> list:
+    """The prompts rlvr's sampler draws in ``steps`` steps, in order (quickstart data section)."""
+    from rlvr.config import DataSection
+    from rlvr.data import PromptSampler, load_dataset
+
+    data = DataSection()
+    sampler = PromptSampler(load_dataset(data.train), PROMPTS_PER_STEP, data.seed)
+    return [p for _ in range(steps) for p in sampler.next_batch()]
+
+
+# --------------------------------------------------------------------------- TRL
+def run_trl(model_path: str, size: Size, steps: int, warmup: int, work_dir: str) -> Dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlvr.verifiers.arithmetic import arithmetic_reward
+
+    def reward(completions, ground_truth, **_):
+        return [arithmetic_reward(c, g) for c, g in zip(completions, ground_truth)]
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.steps: List[float] = []
+
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.steps.append(time.perf_counter() - self.t)
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        generate_s: List[float] = []
+
+        def _generate_and_score_completions(self, inputs):
+            t = time.perf_counter()
+            out = super()._generate_and_score_completions(inputs)
+            self.generate_s.append(time.perf_counter() - t)
+            return out
+
+    start = time.perf_counter()
+    prompts = train_prompts(steps)
+    dataset = Dataset.from_dict({"prompt": [p.prompt for p in prompts], "ground_truth": [p.ground_truth for p in prompts]})
+    args = GRPOConfig(
+        output_dir=work_dir, use_cpu=True, bf16=False, max_steps=steps, seed=0,
+        per_device_train_batch_size=SAMPLES, num_generations=GROUP_SIZE, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_iterations=1, shuffle_dataset=False,
+        max_completion_length=size.max_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        learning_rate=size.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, optim="adamw_torch",
+        beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group",
+        gradient_checkpointing=False, logging_steps=1, report_to="none", save_strategy="no",
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    clock = Clock()
+    trainer = TimedGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                               processing_class=AutoTokenizer.from_pretrained(model_path), callbacks=[clock])
+    trainer.generate_s = []
+    trainer.train()
+    wall = time.perf_counter() - start
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    step_s = statistics.median(clock.steps[warmup:])
+    gen_s = statistics.median(trainer.generate_s[warmup:])
+    return {
+        "step_s": step_s, "samples_per_s": SAMPLES / step_s, "wall_s": wall,
+        "phases": {"generate+score": gen_s, "train (fwd/bwd/step)": step_s - gen_s},
+        "completion_len": statistics.mean(h.get("completions/mean_length", float("nan")) for h in logs),
+        "train_reward": statistics.mean(h["reward"] for h in logs[warmup:]),
+        "accuracy_after": heldout_accuracy(trainer.model, model_path),
+    }
+
+
+# --------------------------------------------------------------------------- rlvr
+def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str) -> Dict[str, Any]:
+    from step_bench import PHASES, phase_medians
+
+    from rlvr.checkpoint import latest
+    from rlvr.config import load_config
+    from rlvr.evaluate import consolidate
+    from rlvr.metrics import read_metrics
+    from rlvr.run import run
+
+    cfg = load_config([os.path.join(ROOT, "configs", "quickstart_cpu.yaml")], [
+        f"model.path={model_path}", f"logging.run_dir={work_dir}", "logging.tensorboard=false",
+        "logging.progress=false", f"schedule.total_steps={steps}", "schedule.percentile=0.0",
+        "algorithm.credit.criterion=none", "algorithm.loss.agg=token_mean", "algorithm.loss.kl_coef=0.0",
+        f"data.prompts_per_step={PROMPTS_PER_STEP}", f"algorithm.group_size={GROUP_SIZE}",
+        f"trainer.lr={size.lr}", "trainer.grad_clip=1.0", f"rollout.max_tokens={size.max_tokens}",
+        f"rollout.max_model_len={size.max_model_len}", "rollout.temperature=1.0", "eval.num_prompts=8",
+    ])
+    start = time.perf_counter()
+    run(cfg)
+    wall = time.perf_counter() - start
+    rows = [r for r in read_metrics(os.path.join(work_dir, "metrics.jsonl")) if "time/step" in r]
+    result = phase_medians(rows, warmup, SAMPLES)
+    return {
+        "step_s": result["step"], "samples_per_s": result["samples_per_s"], "wall_s": wall,
+        "phases": {p: result[p] for p in (*PHASES, "other")},
+        "completion_len": statistics.mean(r["response/length_mean"] for r in rows),
+        "train_reward": statistics.mean(r["reward/mean"] for r in rows[warmup:]),
+        "accuracy_after": heldout_accuracy(consolidate(latest(work_dir)), model_path),
+    }
+
+
+RUNNERS = {"trl": run_trl, "rlvr": run_rlvr}
+
+
+# --------------------------------------------------------------------------- report
+def summarize(runs: List[Dict[str, Any]], before: float) -> Dict[str, Any]:
+    med = {k: statistics.median(r[k] for r in runs) for k in ("step_s", "samples_per_s", "wall_s", "completion_len",
+                                                               "train_reward", "accuracy_after")}
+    med["phases"] = {p: statistics.median(r["phases"][p] for r in runs) for p in runs[0]["phases"]}
+    med["gain"] = med["accuracy_after"] - before
+    return med
+
+
+def report(size: Size, steps: int, warmup: int, before: float, res: Dict[str, Dict[str, Any]], repeats: int) -> str:
+    t, r = res["trl"], res["rlvr"]
+    lines = [f"### {size.name}: {steps} steps x {SAMPLES} samples, max {size.max_tokens} completion tokens, "
+             f"lr {size.lr:g}; medians of steps {warmup + 1}-{steps}" + (f", then of {repeats} repeats" if repeats > 1 else ""),
+             "", "| system | s/step | samples/s | wall, N steps + start-up (s) | completion tokens | "
+             "train reward | held-out before | held-out after | gain |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in (("TRL GRPOTrainer", t), ("rlvr", r)):
+        lines.append(f"| {name} | {m['step_s']:.3f} | {m['samples_per_s']:.1f} | {m['wall_s']:.0f} | "
+                     f"{m['completion_len']:.1f} | {m['train_reward']:.3f} | {100 * before:.1f}% | "
+                     f"{100 * m['accuracy_after']:.1f}% | {100 * m['gain']:+.1f} pts |")
+    lines += ["", f"rlvr / TRL samples/s: **{r['samples_per_s'] / t['samples_per_s']:.2f}x**; "
+                  f"wall incl. start-up: {t['wall_s'] / r['wall_s']:.2f}x; held-out gain rlvr "
+                  f"{100 * r['gain']:+.1f} vs TRL {100 * t['gain']:+.1f} pts", "",
+              "phases (median s/step): rlvr " + ", ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
+              + " | TRL " + ", ".join(f"{k} {v:.3f}" for k, v in t["phases"].items())]
+    return "\n".join(lines)
+
+
+def main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="tiny,compute", help=f"comma-separated, of {', '.join(SIZES)}")
+    p.add_argument("--steps", type=int, default=10, help="RL steps at the tiny size")
+    p.add_argument("--steps-compute", type=int, default=4, help="RL steps at the compute-bound size")
+    p.add_argument("--warmup", type=int, default=1, help="first steps left out of the medians")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each system per size (order alternates)")
+    p.add_argument("--json", default=None, help="also write every measurement to this file")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    results: Dict[str, Any] = {}
+    reports = []
+    for name in args.sizes.split(","):
+        size = SIZES[name]
+        steps = args.steps if name == "tiny" else args.steps_compute
+        if steps <= args.warmup:
+            p.error(f"{name}: steps ({steps}) must exceed --warmup ({args.warmup})")
+        model_path = model_for(size)
+        before = heldout_accuracy(model_path, model_path)
+        runs: Dict[str, List[Dict[str, Any]]] = {"trl": [], "rlvr": []}
+        for rep in range(args.repeats):
+            for system in (("trl", "rlvr") if rep % 2 == 0 else ("rlvr", "trl")):
+                work_dir = tempfile.mkdtemp(prefix=f"vs-trl-{system}-")
+                log(f"{name} repeat {rep + 1}/{args.repeats}: {system}, {steps} steps")
+                try:
+                    runs[system].append(RUNNERS[system](model_path, size, steps, args.warmup, work_dir))
+                finally:
+                    shutil.rmtree(work_dir, ignore_errors=True)
+                log(f"{name} {system}: {runs[system][-1]['step_s']:.3f} s/step, "
+                    f"{runs[system][-1]['samples_per_s']:.1f} samples/s")
+        res = {s: summarize(rs, before) for s, rs in runs.items()}
+        results[name] = {"size": asdict(size), "steps": steps, "before": before, "runs": runs, "median": res}
+        reports.append(report(size, steps, args.warmup, before, res, args.repeats))
+    print(f"\n# {os.cpu_count()} cpus, load avg now {os.getloadavg()[0]:.2f}\n")
+    print("\n\n".join(reports))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
