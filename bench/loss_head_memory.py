@@ -34,7 +34,6 @@ Two measurements:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -144,8 +143,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(measured_peak(args.child, args.real_tokens, args.device)))
         return 0
     variants = ["logits", "naive"] + [f"fused:{c}" for c in args.chunks]
+    sizes = sorted(set(args.tokens) | ({args.real_tokens} - {0}), reverse=True)  # real runs get a twin row
     rows = [{"variant": v, "tokens": n, "method": "tensor accounting", "peak": tracked_peak(v, n)}
-            for n in args.tokens for v in variants]
+            for n in sizes for v in variants]
     method = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "RSS, own process"
     for v in variants if args.real_tokens else []:
         if v == "naive" and args.no_naive_real:

@@ -302,8 +302,14 @@ def main(argv: List[str]) -> int:
     p.add_argument("--steps-compute", type=int, default=4, help="RL steps at the compute-bound size")
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the medians")
     p.add_argument("--repeats", type=int, default=1, help="runs of each system per size (order alternates)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of this process (TRL, the held-out evaluation, the model build); rlvr's "
+                        "actors use 1 each (OMP_NUM_THREADS=1, 2 trainer ranks)")
     p.add_argument("--json", default=None, help="also write every measurement to this file")
     args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     results: Dict[str, Any] = {}
     reports = []

@@ -100,6 +100,7 @@ class TinyModelConfig:
     warmstart_steps: int = 300  # supervised steps on synthetic arithmetic before RL
     warmstart_lr: float = 3e-3  # AdamW learning rate of the warm start
     warmstart_batch: int = 64  # sequences per warm-start step
+    warmstart_direct: float = 0.2  # share of multi-digit warm-start problems answered bare, not written out
     seed: int = 0  # seed of the initialisation and the warm-start data
 
     @property

@@ -31,7 +31,7 @@ from rlvr.algo.advantages import get_advantage_fn
 from rlvr.algo.credit import CreditInputs, compute_token_weight
 from rlvr.algo.entropy_adv import shape_advantages
 from rlvr.algo.losses import aggregation_denominator
-from rlvr.batching import Sample, pack, pad_responses, pad_values, plan_micro_batches
+from rlvr.batching import Sample, build_micro_batch, pad_responses, pad_values, plan_micro_batches
 from rlvr.config import AlgorithmConfig, ConfigError, RLConfig, load_config
 from rlvr.runtime import Actors
 
@@ -148,9 +148,10 @@ class RLLoop:
 
     def old_stats(self, samples: List[Sample]):
         """Trainer-side log-probs and entropies of every response token, ``[N, T]`` each."""
-        world = len(self.actors.trainers)
-        plan = plan_micro_batches(samples, world, self.cfg.trainer.micro_batch_tokens)
-        refs = [t.compute_stats.remote([pack(samples, ix) for ix in plan[r]]) for r, t in enumerate(self.actors.trainers)]
+        world, packing = len(self.actors.trainers), self.cfg.trainer.packing
+        plan = plan_micro_batches(samples, world, self.cfg.trainer.micro_batch_tokens, packing=packing)
+        refs = [t.compute_stats.remote([build_micro_batch(samples, ix, packing) for ix in plan[r]])
+                for r, t in enumerate(self.actors.trainers)]
         _, mask = pad_responses(samples)
         logprob, entropy = torch.zeros(mask.shape), torch.zeros(mask.shape)
         for rank_out in self.call(refs):
@@ -169,9 +170,10 @@ class RLLoop:
         for chunk in chunks:
             index = [i for i, s in enumerate(samples) if s.group in set(chunk)]
             denoms.append(aggregation_denominator(cfg.algorithm.loss.agg, fields["token_weight"][index]))
-            plan = plan_micro_batches(samples, world, cfg.trainer.micro_batch_tokens, index)
+            plan = plan_micro_batches(samples, world, cfg.trainer.micro_batch_tokens, index, cfg.trainer.packing)
             for r in range(world):
-                per_rank[r].append([pack(samples, ix).with_fields(**fields) for ix in plan[r]])
+                per_rank[r].append([build_micro_batch(samples, ix, cfg.trainer.packing).with_fields(**fields)
+                                    for ix in plan[r]])
         refs = [t.train.remote(step, per_rank[r], cfg.algorithm.loss, denoms, cfg.rollout.max_tokens)
                 for r, t in enumerate(self.actors.trainers)]
         return self.call(refs)[0]

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import string
@@ -53,6 +54,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 FIRST_INTEGER = re.compile(r"-?\d+")
+ONE_DIGIT = 10  # the teacher answers a problem bare when all its operands are below this
 BUILD_INFO = "rlvr_tiny_model.json"  # written next to the weights: config, key, accuracy, build time
 
 
@@ -103,34 +105,53 @@ def build_model(tcfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qw
 
 
 # --------------------------------------------------------------------------- warm start
-def sft_batch(tokenizer: PreTrainedTokenizerFast, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
-    """Right-padded ``prompt + answer + EOS``; the loss (``labels``) covers only ``answer + EOS``."""
-    rows = []
-    for p in prompts:
-        prompt_ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(p.ground_truth, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+def teacher_response(prompt: Prompt, direct_share: float, rng: random.Random) -> str:
+    """The warm-start teacher's answer: bare ("19") for one-digit problems, else written out ("12+7=19").
+
+    A written-out answer starts with an operand, so the first-integer verifier scores it 0; the
+    teacher still answers a bigger problem bare with probability ``direct_share``.
+    """
+    one_digit = max(prompt.meta["a"], prompt.meta["b"]) < ONE_DIGIT
+    if one_digit or rng.random() < direct_share:
+        return prompt.ground_truth
+    return prompt.prompt + prompt.ground_truth
+
+
+def sft_batch(pad_id: int, rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """Right-padded ``prompt + response`` rows; the loss (``labels``) covers only the response."""
+    width = max(len(prompt) + len(response) for prompt, response in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        attention_mask[i, : len(ids)] = 1
+    for i, (prompt, response) in enumerate(rows):
+        n = len(prompt) + len(response)
+        input_ids[i, :n] = torch.tensor(prompt + response)
+        labels[i, len(prompt) : n] = torch.tensor(response)
+        attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def warmstart_corpus(tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig,
+                     max_operand: int) -> list[tuple[list[int], list[int]]]:
+    """``(prompt ids, response ids + EOS)`` for every warm-start example, training part only."""
+    prompts = generate_arithmetic(tcfg.warmstart_steps * tcfg.warmstart_batch, seed=tcfg.seed,
+                                  max_operand=max_operand, heldout=False)
+    rng = random.Random(tcfg.seed)
+    responses = [teacher_response(p, tcfg.warmstart_direct, rng) for p in prompts]
+    prompt_ids = tokenizer([p.prompt for p in prompts], add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    return [(p, r + [tokenizer.eos_token_id]) for p, r in zip(prompt_ids, response_ids)]
 
 
 def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig,
                max_operand: int) -> float:
-    """Supervised steps on training-part arithmetic (never held-out prompts); returns the last loss."""
-    steps, batch = tcfg.warmstart_steps, tcfg.warmstart_batch
-    prompts = generate_arithmetic(steps * batch, seed=tcfg.seed, max_operand=max_operand, heldout=False)
+    """Supervised steps on the teacher's answers to training-part problems; returns the last loss."""
+    corpus, batch = warmstart_corpus(tokenizer, tcfg, max_operand), tcfg.warmstart_batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.warmstart_lr, weight_decay=0.0)
     model.train()
     loss = torch.tensor(float("nan"))
-    for step in range(steps):
-        loss = model(**sft_batch(tokenizer, prompts[step * batch : (step + 1) * batch])).loss
+    for step in range(tcfg.warmstart_steps):
+        loss = model(**sft_batch(tokenizer.pad_token_id, corpus[step * batch : (step + 1) * batch])).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -21,7 +21,7 @@ def test_tiny_smoke_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     subprocess.run([sys.executable, "bench/trainer_bench.py", "--shape", "tiny", "--steps", "1", "--warmup", "0",
-                    "--json", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+                    "--peak-tflops", "2", "--json", str(out)], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     r = json.loads(out.read_text())
     assert r["tokens_per_step"] == r["computed_tokens_per_rank"] == 2048  # packed: no padding computed
     assert r["micro_batches_per_rank"] >= 2  # gradient accumulation is exercised
@@ -29,7 +29,16 @@ def test_tiny_smoke_run(tmp_path):
     assert r["step_s"] == pytest.approx(parts) and min(r["forward_s"], r["backward_s"], r["optimizer_s"]) > 0
     assert r["tokens_per_s"] == pytest.approx(2048 / r["step_s"])
     assert r["model_tflops"] == pytest.approx(6 * r["matmul_params"] * 2048 / r["step_s"] / 1e12)
-    assert r["mfu"] is None and r["peak_memory_gib"] > 0  # no nominal CPU peak is claimed
+    assert r["mfu"] == pytest.approx(r["model_tflops"] / 2)
+    assert r["mfu_incl_attn"] == pytest.approx((r["model_tflops"] + r["attn_tflops"]) / 2)
+    assert r["attn_tflops"] > 0 and r["peak_memory_gib"] > 0
+
+
+def test_peak_flops_defaults():
+    """H100 SXM dense bf16 only for CUDA + bf16; no nominal CPU peak is claimed."""
+    assert trainer_bench.parse_args(["--shape", "tiny"]).peak_tflops is None
+    assert trainer_bench.parse_args(["--device", "cuda", "--dtype", "bfloat16"]).peak_tflops == 989.0
+    assert trainer_bench.parse_args(["--device", "cuda"]).peak_tflops is None  # fp32: state a peak yourself
 
 
 @pytest.mark.parametrize("shape,total", [("0.5b", 494_032_768), ("1.5b", 1_543_714_304)])

@@ -18,12 +18,14 @@ bump it whenever the prompt space, format or split changes.
 from __future__ import annotations
 
 import hashlib
+import operator
 import random
+from dataclasses import replace
 
 from rlvr.data.adapters import Prompt
 
 GENERATOR_VERSION = 1
-OPERATORS = ("+", "-")
+OPERATORS = {"+": operator.add, "-": operator.sub}  # "-" only with a >= b: no negative answers
 HELDOUT_EVERY = 4  # one prompt in four is held out for evaluation
 
 
@@ -33,22 +35,30 @@ def is_heldout(text: str) -> bool:
     return int.from_bytes(digest, "big") % HELDOUT_EVERY == 0
 
 
-def problem_space(max_operand: int) -> list[tuple[str, str]]:
-    """Every ``(prompt, answer)`` of the task, in a fixed order."""
+def problem_space(max_operand: int) -> list[tuple[int, str, int]]:
+    """Every problem ``(a, op, b)`` of the task, in a fixed order."""
     if max_operand < 1:
         raise ValueError(f"max_operand must be >= 1, got {max_operand}")
-    space = []
-    for a in range(max_operand + 1):
-        for b in range(max_operand + 1):
-            space.append((f"{a}+{b}=", str(a + b)))
-            if a >= b:
-                space.append((f"{a}-{b}=", str(a - b)))
-    return space
+    return [
+        (a, op, b)
+        for a in range(max_operand + 1)
+        for b in range(max_operand + 1)
+        for op in OPERATORS
+        if op != "-" or a >= b
+    ]
+
+
+def make_prompt(a: int, op: str, b: int) -> Prompt:
+    """The record of one problem; ``meta`` keeps the operands (the warm-start teacher reads them)."""
+    text = f"{a}{op}{b}="
+    meta = {"a": a, "op": op, "b": b, "heldout": is_heldout(text)}
+    return Prompt(prompt=text, ground_truth=str(OPERATORS[op](a, b)), verifier="arithmetic", meta=meta)
 
 
 def generate_arithmetic(n: int, seed: int, max_operand: int, heldout: bool = False) -> list[Prompt]:
     """``n`` prompts from the training (or held-out) part, in an order fixed by ``seed``."""
-    pool = [(text, answer) for text, answer in problem_space(max_operand) if is_heldout(text) == heldout]
+    problems = (make_prompt(*problem) for problem in problem_space(max_operand))
+    pool = [p for p in problems if p.meta["heldout"] == heldout]
     if not pool and n > 0:
         part = "held-out" if heldout else "training"
         raise ValueError(f"max_operand={max_operand} leaves the {part} part of the arithmetic task empty")
@@ -57,8 +67,5 @@ def generate_arithmetic(n: int, seed: int, max_operand: int, heldout: bool = Fal
     while len(out) < n:
         order = list(pool)
         rng.shuffle(order)
-        for text, answer in order[: n - len(out)]:
-            out.append(
-                Prompt(prompt=text, ground_truth=answer, verifier="arithmetic", meta={"heldout": heldout})
-            )
+        out.extend(replace(p, meta=dict(p.meta)) for p in order[: n - len(out)])
     return out
