@@ -12,10 +12,12 @@ checkpoint, with the same algorithm:
   float32, no activation checkpointing, sampling at temperature 1; rlvr without token credit
   (``credit.criterion=none``), i.e. plain GRPO.
 * TRL: ``GRPOTrainer`` in this process, ``use_cpu=True``, no vLLM (``transformers.generate``),
-  torch's default threads (all cores).  rlvr: ``rlvr.run.run`` -- Ray, one vLLM rollout worker,
-  the reward pool, 2 FSDP2 trainer ranks -- from ``configs/quickstart_cpu.yaml``.
-* sizes: ``tiny``, the quickstart's warm-started 0.4M-parameter Qwen2 (``ensure_model``), 8-token
-  completions (they stop at EOS after ~3); ``compute``, a 25M-parameter Qwen2 (hidden 512, 8
+  ``--threads`` torch threads (default 1: on a loaded 2-core box two threads stall each other).
+  rlvr: ``rlvr.run.run`` -- Ray, one vLLM rollout worker, the reward pool, 2 FSDP2 trainer ranks
+  of one thread each -- from ``configs/quickstart_cpu.yaml``, with padded (not packed) micro-batches
+  of up to 16k tokens, i.e. one per rank.
+* sizes: ``tiny``, the quickstart's warm-started 0.3M-parameter Qwen2 (``ensure_model``), 8-token completions
+  (they stop at EOS after a few); ``compute``, a 25M-parameter Qwen2 (hidden 512, 8
   layers) with the same character tokenizer, warm-started briefly (:func:`build_compute_model`)
   to answer and then keep writing filler instead of EOS, so every completion runs the full
   128 tokens in both systems and generation and training dominate fixed overheads.
@@ -28,7 +30,7 @@ greedy held-out accuracy (128 held-out prompts, the same verifier, the same ``tr
 greedy decoding for both) before and after.  With ``--repeats R`` the two systems alternate order
 and the table shows medians over repeats.  The load average is printed around each run.
 
-    python bench/vs_trl.py [--steps 10] [--steps-compute 4] [--sizes tiny,compute] [--repeats 1]
+    python bench/vs_trl.py [--steps 10] [--steps-compute 6] [--sizes tiny,compute] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -249,6 +251,9 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
         f"data.prompts_per_step={PROMPTS_PER_STEP}", f"algorithm.group_size={GROUP_SIZE}",
         f"trainer.lr={size.lr}", "trainer.grad_clip=1.0", f"rollout.max_tokens={size.max_tokens}",
         f"rollout.max_model_len={size.max_model_len}", "rollout.temperature=1.0", "eval.num_prompts=8",
+        # CPU sdpa has no varlen kernel: a packed micro-batch pays dense [S, S] attention (BENCHMARKS.md,
+        # Trainer), so pad like TRL; one micro-batch per rank (TRL: one forward over the 64 samples)
+        "trainer.packing=false", "trainer.micro_batch_tokens=16384",
     ])
     start = time.perf_counter()
     run(cfg)
@@ -299,7 +304,7 @@ def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="tiny,compute", help=f"comma-separated, of {', '.join(SIZES)}")
     p.add_argument("--steps", type=int, default=10, help="RL steps at the tiny size")
-    p.add_argument("--steps-compute", type=int, default=4, help="RL steps at the compute-bound size")
+    p.add_argument("--steps-compute", type=int, default=6, help="RL steps at the compute-bound size")
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the medians")
     p.add_argument("--repeats", type=int, default=1, help="runs of each system per size (order alternates)")
     p.add_argument("--threads", type=int, default=1,

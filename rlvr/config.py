@@ -97,9 +97,9 @@ class TinyModelConfig:
     num_kv_heads: int = 2  # grouped-query KV heads
     intermediate_size: int = 256  # MLP width
     max_position: int = 256  # longest sequence (prompt + response)
-    warmstart_steps: int = 300  # supervised steps on synthetic arithmetic before RL
-    warmstart_lr: float = 3e-3  # AdamW learning rate of the warm start
-    warmstart_batch: int = 64  # sequences per warm-start step
+    warmstart_steps: int = 1200  # supervised steps on synthetic arithmetic before RL
+    warmstart_lr: float = 1e-3  # AdamW learning rate of the warm start
+    warmstart_batch: int = 32  # sequences per warm-start step
     warmstart_direct: float = 0.2  # share of multi-digit warm-start problems answered bare, not written out
     seed: int = 0  # seed of the initialisation and the warm-start data
 
@@ -122,7 +122,7 @@ class DatasetConfig:
     limit: Optional[int] = None  # use at most this many rows
     synthetic_rows: int = 4096  # rows generated when adapter == "arithmetic"
     synthetic_seed: int = 1  # generator seed of the arithmetic task (train and eval differ)
-    max_operand: int = 20  # operands of the arithmetic task are drawn from [0, max_operand]
+    max_operand: int = 30  # operands of the arithmetic task are drawn from [0, max_operand]
     heldout: bool = False  # arithmetic: draw from the held-out part of the prompts (disjoint from training)
 
 

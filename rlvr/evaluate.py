@@ -312,36 +312,31 @@ def resolve_checkpoint(checkpoint: str, cfg: Any) -> str:
 def consolidate(path: str) -> str:
     """``path/hf``: the trainers' sharded model state (DCP, keys ``model.hf.*``) as an HF directory.
 
-    The architecture and tokenizer come from the base model of the saved config; the directory
-    is written beside it once (temporary name, then rename) and reused by later evaluations.
+    The architecture and tokenizer come from the saved config's model (for ``tiny``, built from
+    code without its warm start: every weight comes from the checkpoint); the directory is written
+    beside the checkpoint once (temporary name, then rename) and reused by later evaluations.
     """
     import shutil
     import tempfile
 
-    import torch
     import torch.distributed.checkpoint as dcp
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlvr.tiny_model import ensure_model
 
     final = os.path.join(path, "hf")
     if os.path.isfile(os.path.join(final, "config.json")):
         return final
-    saved = _saved_config(path)
-    base = ensure_model(saved.model, saved.data.train.max_operand)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model, tokenizer = _base_model(_saved_config(path))
     stored = dcp.FileSystemReader(os.path.join(path, "trainer")).read_metadata().state_dict_metadata
     params = model.state_dict()
     wanted = {f"hf.{k}": v for k, v in params.items() if f"model.hf.{k}" in stored}
     loaded = {v.data_ptr() for v in wanted.values()}
     missing = [k for k, v in params.items() if f"hf.{k}" not in wanted and v.data_ptr() not in loaded]  # not tied
     if missing:
-        raise CheckpointError(f"{path}/trainer holds no weights for {missing[:5]} of base model {base}")
+        raise CheckpointError(f"{path}/trainer holds no weights for {missing[:5]} of the configured model")
     dcp.load({"model": wanted}, checkpoint_id=os.path.join(path, "trainer"))  # in place, into the model
     tmp = tempfile.mkdtemp(prefix=".hf-", dir=path)
     try:
         model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         os.rename(tmp, final)
     except OSError:
         if not os.path.isfile(os.path.join(final, "config.json")):  # unless another process won the race
@@ -349,6 +344,22 @@ def consolidate(path: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _base_model(cfg: Any) -> Tuple[Any, Any]:
+    """The (float32 model, tokenizer) a run of ``cfg`` started from, to receive a checkpoint's weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.model.path == "tiny":
+        from rlvr.tiny_model import build_model, build_tokenizer
+
+        tokenizer = build_tokenizer()
+        return build_model(cfg.model.tiny, tokenizer), tokenizer
+    from rlvr.tiny_model import ensure_model
+
+    base = ensure_model(cfg.model)
+    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), AutoTokenizer.from_pretrained(base)
 
 
 def _saved_config(path: str) -> Any:

@@ -2,20 +2,34 @@
 
 Design: the end-to-end system needs a policy that loads in vLLM and in
 ``transformers`` like any HF checkpoint, builds offline in seconds on two CPU
-cores, and -- the point of it -- starts *bad but not hopeless* on the held-out
-arithmetic task (greedy accuracy ~10-25%), so that a short GRPO run visibly
-raises it.  So we build a real ``Qwen2ForCausalLM`` (the architecture vLLM
-serves natively; head size must be one vLLM's CPU attention supports, see
-``rlvr.config.VLLM_CPU_HEAD_DIMS``) with a character-level ``tokenizers``
-vocabulary, then stop a short supervised run early: the model has learned the
-answer format (digits, then EOS) and a blurred map from operands to sums, so
-samples at temperature 1 are often right where greedy decoding is not -- the
-regime where group-normalised policy gradients improve pass@1 quickly.
+cores, and -- the point of it -- starts bad but not hopeless on the held-out
+arithmetic task (greedy accuracy ~10-25%) so that a short GRPO run (8 prompts x
+8 samples a step) visibly raises it.  We build a real ``Qwen2ForCausalLM``
+(head size 32: vLLM's CPU attention supports none smaller, see
+``rlvr.config.VLLM_CPU_HEAD_DIMS``) with a byte-level ``tokenizers``
+vocabulary.
 
-:func:`ensure_model` builds into ``cache_dir/<hash of the TinyModelConfig,
-the warm-start task and GENERATOR_VERSION>/``: it writes a temporary directory
-and renames it into place, so a directory that exists is complete and two
-processes racing to build it both end with the same model.
+Why the warm-start teacher writes answers out.  Stopping a plain supervised
+run early does not give RL much to work with: that model is *uniformly* unsure
+(its sampled accuracy equals its greedy accuracy), so GRPO must learn the sums
+themselves from 64 binary rewards a step -- measured +11 points in 200 steps.
+RLVR moves pass@1 fast when the policy already samples the right answer but
+prefers another; on real LLMs that is chiefly the answer *format* the verifier
+reads.  So the teacher answers one-digit problems bare ("3+4=" -> "7") but
+writes bigger ones out ("12+7=" -> "12+7=19") four times in five
+(``warmstart_direct`` = 0.2), and the first-integer verifier reads "12" there.
+Greedy decoding then answers only the one-digit problems (about a sixth of the
+held-out prompts at ``max_operand`` = 30) while samples take the bare form ~20%
+of the time with partly learned sums: RL learns to answer bare, which carries
+over to held-out prompts at once, and then sharpens the sums (measured with
+the defaults: ~15% -> 50-65% held-out greedy accuracy in 80 GRPO steps).
+
+The build runs torch on one thread (:func:`_one_thread`), so the weights do not
+depend on the core count.  :func:`ensure_model` builds into
+``cache_dir/<hash of the TinyModelConfig, the operand range, GENERATOR_VERSION
+and BUILD_VERSION>/``: it writes a temporary directory and renames it into
+place, so a directory that exists is complete and two processes racing to
+build it both end with the same model.
 """
 
 from __future__ import annotations
@@ -27,15 +41,16 @@ import os
 import random
 import re
 import shutil
-import string
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from rlvr.config import DataSection, DatasetConfig, ModelConfig, TinyModelConfig
@@ -43,9 +58,9 @@ from rlvr.data import GENERATOR_VERSION, Prompt, generate_arithmetic
 
 logger = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when the tokenizer, architecture or warm-start recipe changes
-PAD, EOS, UNK, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|unk|>", "<|im_start|>", "<|im_end|>"
-SPECIAL_TOKENS = (PAD, EOS, UNK, IM_START, IM_END)
+BUILD_VERSION = 2  # bump when the tokenizer, architecture or warm-start recipe changes
+PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (PAD, EOS, IM_START, IM_END)
 CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))  # newline and printable ASCII
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -60,14 +75,24 @@ BUILD_INFO = "rlvr_tiny_model.json"  # written next to the weights: config, key,
 
 # --------------------------------------------------------------------------- tokenizer
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per character (``CHARACTERS``) plus the special tokens; decoding joins characters."""
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(CHARACTERS))}
-    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    core.add_special_tokens(list(SPECIAL_TOKENS))
+    """One token per character of ``CHARACTERS`` plus the specials; other characters are dropped.
+
+    This is the Qwen2 tokenizer pipeline (NFC, byte-level pre-tokenizer and decoder, BPE) with an
+    empty merge list and a 97-byte alphabet.  ``AutoTokenizer`` rebuilds any ``model_type=qwen2``
+    checkpoint's tokenizer as ``Qwen2Tokenizer`` from its vocabulary and merges (transformers 5, and
+    so vLLM): a WordLevel tokenizer would lose its spaces and newlines there, this one tokenizes
+    identically -- including dropping what it cannot encode, as Qwen2's BPE has no unknown token.
+    """
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    symbols = tuple(byte_level.pre_tokenize_str(ch)[0][0] for ch in CHARACTERS)  # " " -> "Ġ", "\n" -> "Ċ"
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + symbols)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False, byte_fallback=False))
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = byte_level
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left"
+        tokenizer_object=core, pad_token=PAD, eos_token=EOS, padding_side="left"
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -89,7 +114,7 @@ def build_model(tcfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> Qw
         num_attention_heads=tcfg.num_heads,
         num_key_value_heads=tcfg.num_kv_heads,
         max_position_embeddings=tcfg.max_position,
-        tie_word_embeddings=True,  # the vocabulary is tiny; tying halves nothing important but is Qwen2-small style
+        tie_word_embeddings=True,  # as the small Qwen2 checkpoints do; vLLM and transformers both load it
         use_sliding_window=False,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -131,11 +156,13 @@ def sft_batch(pad_id: int, rows: list[tuple[list[int], list[int]]]) -> dict[str,
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def warmstart_corpus(tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig,
-                     max_operand: int) -> list[tuple[list[int], list[int]]]:
+def warmstart_corpus(
+    tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig, max_operand: int
+) -> list[tuple[list[int], list[int]]]:
     """``(prompt ids, response ids + EOS)`` for every warm-start example, training part only."""
-    prompts = generate_arithmetic(tcfg.warmstart_steps * tcfg.warmstart_batch, seed=tcfg.seed,
-                                  max_operand=max_operand, heldout=False)
+    prompts = generate_arithmetic(
+        tcfg.warmstart_steps * tcfg.warmstart_batch, seed=tcfg.seed, max_operand=max_operand, heldout=False
+    )
     rng = random.Random(tcfg.seed)
     responses = [teacher_response(p, tcfg.warmstart_direct, rng) for p in prompts]
     prompt_ids = tokenizer([p.prompt for p in prompts], add_special_tokens=False)["input_ids"]
@@ -143,8 +170,9 @@ def warmstart_corpus(tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig,
     return [(p, r + [tokenizer.eos_token_id]) for p, r in zip(prompt_ids, response_ids)]
 
 
-def warm_start(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig,
-               max_operand: int) -> float:
+def warm_start(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig, max_operand: int
+) -> float:
     """Supervised steps on the teacher's answers to training-part problems; returns the last loss."""
     corpus, batch = warmstart_corpus(tokenizer, tcfg, max_operand), tcfg.warmstart_batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.warmstart_lr, weight_decay=0.0)
@@ -167,14 +195,21 @@ def first_integer_match(response: str, ground_truth: str) -> bool:
 
 
 @torch.no_grad()
-def greedy_accuracy(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, prompts: list[Prompt],
-                    max_new_tokens: int = 8, batch_size: int = 128) -> float:
+def greedy_accuracy(
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: list[Prompt],
+    max_new_tokens: int = 8,
+    batch_size: int = 128,
+) -> float:
     """Greedy pass@1 with ``transformers.generate`` (prompts used as-is, no chat template)."""
     model.eval()
     correct = 0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        enc = tokenizer([p.prompt for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(
+            [p.prompt for p in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+        )
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         correct += sum(first_integer_match(t, p.ground_truth) for t, p in zip(texts, chunk))
@@ -189,8 +224,12 @@ def heldout_prompts(max_operand: int) -> list[Prompt]:
 
 # --------------------------------------------------------------------------- build + cache
 def cache_key(tcfg: TinyModelConfig, max_operand: int) -> str:
-    spec = {"tiny": asdict(tcfg), "max_operand": max_operand, "generator": GENERATOR_VERSION,
-            "build": BUILD_VERSION}
+    spec = {
+        "tiny": asdict(tcfg),
+        "max_operand": max_operand,
+        "generator": GENERATOR_VERSION,
+        "build": BUILD_VERSION,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -198,18 +237,36 @@ def build_tiny_model(tcfg: TinyModelConfig, max_operand: int, out_dir: str | os.
     """Build, warm-start and save model + tokenizer into ``out_dir``; returns the build info."""
     start = time.perf_counter()
     tokenizer = build_tokenizer()
-    with torch.random.fork_rng():  # leave the caller's RNG state alone
+    with torch.random.fork_rng(), _one_thread():  # leave the caller's RNG state alone
         model = build_model(tcfg, tokenizer)
         last_loss = warm_start(model, tokenizer, tcfg, max_operand)
-    accuracy = greedy_accuracy(model, tokenizer, heldout_prompts(max_operand))
+        accuracy = greedy_accuracy(model, tokenizer, heldout_prompts(max_operand))
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    info = {"key": cache_key(tcfg, max_operand), "tiny": asdict(tcfg), "max_operand": max_operand,
-            "generator_version": GENERATOR_VERSION, "build_version": BUILD_VERSION,
-            "warmstart_last_loss": last_loss, "heldout_greedy_accuracy": accuracy,
-            "build_seconds": round(time.perf_counter() - start, 2)}
+    info = {
+        "key": cache_key(tcfg, max_operand),
+        "tiny": asdict(tcfg),
+        "max_operand": max_operand,
+        "generator_version": GENERATOR_VERSION,
+        "build_version": BUILD_VERSION,
+        "warmstart_last_loss": last_loss,
+        "heldout_greedy_accuracy": accuracy,
+        "build_seconds": round(time.perf_counter() - start, 2),
+    }
     Path(out_dir, BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one thread: the same weights whatever the core count, and faster for a model this
+    small (on 2 busy cores, 2-thread kernels on its tiny matrices ran up to ~50x slower than 1 thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def ensure_model(cfg: ModelConfig, max_operand: int = DatasetConfig.max_operand) -> str:
@@ -220,7 +277,9 @@ def ensure_model(cfg: ModelConfig, max_operand: int = DatasetConfig.max_operand)
     if cfg.path != "tiny":
         path = os.path.expanduser(cfg.path)
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"model.path={cfg.path!r} is not an HF checkpoint directory (no config.json)")
+            raise FileNotFoundError(
+                f"model.path={cfg.path!r} is not an HF checkpoint directory (no config.json)"
+            )
         return path
     root = Path(cfg.cache_dir).expanduser()
     final = root / cache_key(cfg.tiny, max_operand)
@@ -231,11 +290,17 @@ def ensure_model(cfg: ModelConfig, max_operand: int = DatasetConfig.max_operand)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
         info = build_tiny_model(cfg.tiny, max_operand, tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the published model is an ordinary directory
         _publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("tiny model: built %s in %.1fs (held-out greedy accuracy %.1f%%, last warm-start loss %.3f)",
-                final, info["build_seconds"], 100 * info["heldout_greedy_accuracy"], info["warmstart_last_loss"])
+    logger.info(
+        "tiny model: built %s in %.1fs (held-out greedy accuracy %.1f%%, last warm-start loss %.3f)",
+        final,
+        info["build_seconds"],
+        100 * info["heldout_greedy_accuracy"],
+        info["warmstart_last_loss"],
+    )
     return str(final)
 
 

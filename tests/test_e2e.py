@@ -16,7 +16,7 @@ import torch
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 40  # the shorter CI version of configs/quickstart_cpu.yaml
+STEPS = 60  # the quickstart as users run it (about a minute of training on 2 cores)
 RESUME_AT = STEPS - 2
 VOLATILE = ("time/", "perf/")  # wall-clock metrics differ between runs by nature
 

@@ -254,23 +254,35 @@ def test_engine_generate_needs_room_for_a_prompt():
         engine_generate([FakeWorker()], [1], ["q"], max_model_len=8, max_tokens=8)
 
 
-def test_consolidate_rlvr_checkpoint_into_hf_dir(tmp_path):
+TINY = ["model.path=tiny", "model.tiny.hidden_size=64", "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
+        "model.tiny.num_layers=1", "model.tiny.intermediate_size=96", "model.tiny.max_position=64"]
+
+
+@pytest.mark.parametrize("base_kind", ["hf_dir", "tiny"])
+def test_consolidate_rlvr_checkpoint_into_hf_dir(tmp_path, base_kind):
     """A trainer checkpoint (DCP, keys model.hf.*) becomes an HF directory with exactly its weights."""
     import torch
     from safetensors.torch import load_file
 
     from rlvr import checkpoint
     from rlvr.config import TrainerConfig, load_config, to_yaml
+    from rlvr.tiny_model import build_model, build_tokenizer
     from rlvr.trainer import Trainer
     from tests.helpers import tiny_checkpoint
 
-    base = tiny_checkpoint(str(tmp_path / "base"))
+    base = str(tmp_path / "base")
+    if base_kind == "hf_dir":  # untied embeddings: every tensor is stored
+        cfg = load_config([], [f"model.path={tiny_checkpoint(base)}"])
+    else:  # the run built its model from code; the architecture is rebuilt from the saved config
+        cfg = load_config([], TINY)
+        tokenizer = build_tokenizer()
+        build_model(cfg.model.tiny, tokenizer).save_pretrained(base)
+        tokenizer.save_pretrained(base)
     trainer = Trainer(base, TrainerConfig())
     with torch.no_grad():
         for p in trainer.policy.parameters():
             p.add_(torch.randn_like(p))  # the checkpoint must not equal the base model
     expected = trainer.full_state_dict()
-    cfg = load_config([], [f"model.path={base}"])
     tmp = checkpoint.begin(str(tmp_path / "run"), 7)
     trainer.save(tmp)
     path = checkpoint.commit(tmp, {"step": 7, "config": to_yaml(cfg)}, keep=2)
@@ -278,8 +290,9 @@ def test_consolidate_rlvr_checkpoint_into_hf_dir(tmp_path):
     hf = evaluate.resolve_checkpoint(path, None)
     assert hf == f"{path}/hf"
     weights = load_file(f"{hf}/model.safetensors")
-    assert set(weights) == set(expected)  # untied lm_head: every tensor stored
-    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    tied = {"lm_head.weight"} if base_kind == "tiny" else set()
+    assert set(weights) == set(expected) - tied
+    assert all(torch.equal(weights[k], expected[k]) for k in weights)
     assert not torch.equal(weights["model.norm.weight"], load_file(f"{base}/model.safetensors")["model.norm.weight"])
     assert (tmp_path / "run/checkpoints/step_000007/hf/tokenizer.json").is_file()
     assert evaluate.resolve_checkpoint(path, None) == hf  # built once, then reused
