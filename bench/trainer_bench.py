@@ -156,7 +156,7 @@ def timed_step(trainer: Trainer, mbs, denom: float, norm_len: int, sync) -> Dict
     for mb in mbs:
         sync()
         t0 = time.perf_counter()
-        loss, _ = trainer.forward_loss(mb, LossConfig(), denom, norm_len)
+        loss, *_ = trainer.forward_loss(mb, LossConfig(), denom, norm_len)
         sync()
         t1 = time.perf_counter()
         trainer.backward(loss)

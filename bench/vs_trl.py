@@ -16,8 +16,8 @@ checkpoint, with the same algorithm:
   rlvr: ``rlvr.run.run`` -- Ray, one vLLM rollout worker, the reward pool, 2 FSDP2 trainer ranks
   of one thread each -- from ``configs/quickstart_cpu.yaml``, with padded (not packed) micro-batches
   of up to 16k tokens, i.e. one per rank.
-* sizes: ``tiny``, the quickstart's warm-started 0.3M-parameter Qwen2 (``ensure_model``), 8-token completions
-  (they stop at EOS after a few); ``compute``, a 25M-parameter Qwen2 (hidden 512, 8
+* sizes: ``tiny``, the quickstart's warm-started 0.3M-parameter Qwen2 (``ensure_model``) with the
+  quickstart's completion budget and learning rate (completions stop at EOS); ``compute``, a 25M-parameter Qwen2 (hidden 512, 8
   layers) with the same character tokenizer, warm-started briefly (:func:`build_compute_model`)
   to answer and then keep writing filler instead of EOS, so every completion runs the full
   128 tokens in both systems and generation and training dominate fixed overheads.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -69,12 +70,24 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size("tiny", max_tokens=8, max_model_len=64, lr=1e-3),
+    "tiny": Size("tiny", max_tokens=0, max_model_len=0, lr=0.0),  # 0: the quickstart's values (see quickstart_size)
     "compute": Size("compute", max_tokens=128, max_model_len=256, lr=1e-4,
-                    tiny=dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536,
-                              max_position=256, warmstart_lr=1e-3, warmstart_batch=32, seed=0),
+                    tiny={"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 4,
+                          "intermediate_size": 1536, "max_position": 256, "warmstart_lr": 1e-3,
+                          "warmstart_batch": 32, "seed": 0},
                     warmstart_steps=60),
 }
+
+
+def quickstart_size(size: Size) -> Size:
+    """``size`` with the quickstart's completion budget, context and learning rate where it leaves them 0."""
+    from dataclasses import replace
+
+    from rlvr.config import load_config
+
+    quick = load_config([os.path.join(ROOT, "configs", "quickstart_cpu.yaml")])
+    return replace(size, max_tokens=size.max_tokens or quick.rollout.max_tokens,
+                   max_model_len=size.max_model_len or quick.rollout.max_model_len, lr=size.lr or quick.trainer.lr)
 
 
 def log(msg: str) -> None:
@@ -100,9 +113,10 @@ def build_compute_model(size: Size, cache_dir: str = "~/.cache/rlvr/models") -> 
 
     from rlvr.config import TinyModelConfig
     from rlvr.data import generate_arithmetic
-    from rlvr.tiny_model import build_model, build_tokenizer
+    from rlvr.tiny_model import BUILD_VERSION, build_model, build_tokenizer
 
-    spec = {"tiny": size.tiny, "steps": size.warmstart_steps, "filler": FILLER, "version": 1}
+    spec = {"tiny": size.tiny, "steps": size.warmstart_steps, "filler": FILLER, "version": 1,
+            "tiny_model_build": BUILD_VERSION}  # the tokenizer comes from rlvr.tiny_model
     final = os.path.join(os.path.expanduser(cache_dir), "bench-" + hashlib.sha256(
         json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12])
     if os.path.isfile(os.path.join(final, "config.json")):
@@ -141,25 +155,20 @@ def build_compute_model(size: Size, cache_dir: str = "~/.cache/rlvr/models") -> 
 
 
 def heldout_accuracy(model_or_path: Any, tokenizer_path: str) -> float:
-    """Greedy pass@1 on the 128 default held-out prompts, scored by the arithmetic verifier."""
+    """Greedy pass@1 on the default held-out prompts, scored by the arithmetic verifier's rule."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlvr.tiny_model import heldout_prompts
-    from rlvr.verifiers.arithmetic import arithmetic_reward
+    from rlvr.config import DatasetConfig
+    from rlvr.tiny_model import greedy_accuracy, heldout_prompts
 
     model = (AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32)
              if isinstance(model_or_path, str) else model_or_path)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    prompts = heldout_prompts(20)
-    model.eval()
-    with torch.no_grad():
-        enc = tokenizer([p.prompt for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return sum(arithmetic_reward(t, p.ground_truth) for t, p in zip(texts, prompts)) / len(prompts)
+    return greedy_accuracy(model, tokenizer, heldout_prompts(DatasetConfig.max_operand))
 
 
+# --------------------------------------------------------------------------- data
 def train_prompts(steps: int) -> list:
     """The prompts rlvr's sampler draws in ``steps`` steps, in order (quickstart data section)."""
     from rlvr.config import DataSection
@@ -193,12 +202,10 @@ def run_trl(model_path: str, size: Size, steps: int, warmup: int, work_dir: str)
             self.steps.append(time.perf_counter() - self.t)
 
     class TimedGRPOTrainer(GRPOTrainer):
-        generate_s: List[float] = []
-
         def _generate_and_score_completions(self, inputs):
             t = time.perf_counter()
             out = super()._generate_and_score_completions(inputs)
-            self.generate_s.append(time.perf_counter() - t)
+            self.generate_s.append(time.perf_counter() - t)  # set before train()
             return out
 
     start = time.perf_counter()
@@ -281,23 +288,35 @@ def summarize(runs: List[Dict[str, Any]], before: float) -> Dict[str, Any]:
     return med
 
 
-def report(size: Size, steps: int, warmup: int, before: float, res: Dict[str, Dict[str, Any]], repeats: int) -> str:
+def report(size: Size, steps: int, warmup: int, before: float, res: Dict[str, Dict[str, Any]], repeats: int,
+           model_path: str) -> str:
     t, r = res["trl"], res["rlvr"]
-    lines = [f"### {size.name}: {steps} steps x {SAMPLES} samples, max {size.max_tokens} completion tokens, "
-             f"lr {size.lr:g}; medians of steps {warmup + 1}-{steps}" + (f", then of {repeats} repeats" if repeats > 1 else ""),
-             "", "| system | s/step | samples/s | wall, N steps + start-up (s) | completion tokens | "
-             "train reward | held-out before | held-out after | gain |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    over = f"medians of steps {warmup + 1}-{steps}" + (f", then of {repeats} repeats" if repeats > 1 else "")
+    head = (f"### {size.name}: {steps} steps x {SAMPLES} samples, max {size.max_tokens} completion tokens, "
+            f"lr {size.lr:g}; {over} (model {os.path.basename(model_path)}, "
+            f"{_num_params(model_path) / 1e6:.2f}M parameters)")
+    columns = ("system", "s/step", "samples/s", "wall, N steps + start-up (s)", "completion tokens", "train reward",
+               "held-out before", "held-out after", "gain")
+    lines = [head, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, m in (("TRL GRPOTrainer", t), ("rlvr", r)):
         lines.append(f"| {name} | {m['step_s']:.3f} | {m['samples_per_s']:.1f} | {m['wall_s']:.0f} | "
                      f"{m['completion_len']:.1f} | {m['train_reward']:.3f} | {100 * before:.1f}% | "
                      f"{100 * m['accuracy_after']:.1f}% | {100 * m['gain']:+.1f} pts |")
-    lines += ["", f"rlvr / TRL samples/s: **{r['samples_per_s'] / t['samples_per_s']:.2f}x**; "
-                  f"wall incl. start-up: {t['wall_s'] / r['wall_s']:.2f}x; held-out gain rlvr "
-                  f"{100 * r['gain']:+.1f} vs TRL {100 * t['gain']:+.1f} pts", "",
-              "phases (median s/step): rlvr " + ", ".join(f"{k} {v:.3f}" for k, v in r["phases"].items())
-              + " | TRL " + ", ".join(f"{k} {v:.3f}" for k, v in t["phases"].items())]
+    ratio = (f"rlvr / TRL samples/s: **{r['samples_per_s'] / t['samples_per_s']:.2f}x**; wall incl. start-up: "
+             f"{t['wall_s'] / r['wall_s']:.2f}x; held-out gain rlvr {100 * r['gain']:+.1f} vs TRL "
+             f"{100 * t['gain']:+.1f} pts")
+    phases = " | ".join(f"{who} " + ", ".join(f"{k} {v:.3f}" for k, v in m["phases"].items())
+                        for who, m in (("rlvr", r), ("TRL", t)))
+    lines += ["", ratio, "", f"phases (median s/step): {phases}"]
     return "\n".join(lines)
+
+
+def _num_params(model_path: str) -> int:
+    """Parameters stored in the checkpoint (tied embeddings once)."""
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(model_path, "model.safetensors"), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (safe_open is not a dict)
 
 
 def main(argv: List[str]) -> int:
@@ -319,7 +338,7 @@ def main(argv: List[str]) -> int:
     results: Dict[str, Any] = {}
     reports = []
     for name in args.sizes.split(","):
-        size = SIZES[name]
+        size = quickstart_size(SIZES[name])
         steps = args.steps if name == "tiny" else args.steps_compute
         if steps <= args.warmup:
             p.error(f"{name}: steps ({steps}) must exceed --warmup ({args.warmup})")
@@ -338,7 +357,7 @@ def main(argv: List[str]) -> int:
                     f"{runs[system][-1]['samples_per_s']:.1f} samples/s")
         res = {s: summarize(rs, before) for s, rs in runs.items()}
         results[name] = {"size": asdict(size), "steps": steps, "before": before, "runs": runs, "median": res}
-        reports.append(report(size, steps, args.warmup, before, res, args.repeats))
+        reports.append(report(size, steps, args.warmup, before, res, args.repeats, model_path))
     print(f"\n# {os.cpu_count()} cpus, load avg now {os.getloadavg()[0]:.2f}\n")
     print("\n\n".join(reports))
     if args.json:

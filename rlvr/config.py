@@ -97,10 +97,10 @@ class TinyModelConfig:
     num_kv_heads: int = 2  # grouped-query KV heads
     intermediate_size: int = 256  # MLP width
     max_position: int = 256  # longest sequence (prompt + response)
-    warmstart_steps: int = 1200  # supervised steps on synthetic arithmetic before RL
+    warmstart_steps: int = 1500  # supervised steps on synthetic arithmetic before RL
     warmstart_lr: float = 1e-3  # AdamW learning rate of the warm start
     warmstart_batch: int = 32  # sequences per warm-start step
-    warmstart_direct: float = 0.2  # share of multi-digit warm-start problems answered bare, not written out
+    warmstart_direct: float = 0.3  # share of multi-digit warm-start problems answered bare, not written out
     seed: int = 0  # seed of the initialisation and the warm-start data
 
     @property
@@ -160,6 +160,7 @@ class RolloutConfig(PoolConfig):
     kv_cache_gb: float = 1.0  # CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
     tensor_parallel_size: int = 1  # GPUs per engine
     enforce_eager: bool = True  # skip graph capture (fast start; CPU needs it)
+    engine_in_process: bool = True  # vLLM's engine core in the actor's process: no IPC hop per call (CPU, small models)
     seed: int = 0  # sampling seed of worker 0 (worker i uses seed + i)
 
 

@@ -2,7 +2,8 @@
 
 One step, top to bottom (``RLLoop.step``):
   sample prompts -> generate (vLLM) -> verify the FULL response -> advantages
-  -> scheduler broadcasts (step, percentile, decay) -> old log-probs/entropy
+  -> scheduler broadcasts (step, percentile, decay) -> [old log-probs/entropy,
+  only when credit ranks by them or the batch takes several updates]
   -> token credit -> train (FSDP) -> sync weights to the engines.
 
 Design decisions:
@@ -28,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from rlvr.algo.advantages import get_advantage_fn
-from rlvr.algo.credit import CreditInputs, compute_token_weight
+from rlvr.algo.credit import POLICY_STAT_CRITERIA, CreditInputs, compute_token_weight
 from rlvr.algo.entropy_adv import shape_advantages
 from rlvr.algo.losses import aggregation_denominator
 from rlvr.batching import Sample, build_micro_batch, pad_responses, pad_values, plan_micro_batches
@@ -55,30 +56,31 @@ class RLLoop:
         rewards = torch.tensor([s.reward for s in samples])
         adv_seq, adv_metrics = get_advantage_fn(a.advantage)(rewards, a.group_size, a.advantage_eps)
         values = self.call(self.actors.scheduler.broadcast.remote())
-        with self.timed("stats"):
-            old_logprob, entropy = self.old_stats(samples)
+        _, mask = pad_responses(samples)
+        old_logprob = entropy = None
+        if needs_policy_stats(self.cfg, values):  # else on-policy: the trainer uses its own forward
+            with self.timed("stats"):
+                old_logprob, entropy = self.old_stats(samples)
         with self.timed("credit"):
-            _, mask = pad_responses(samples)
             advantages, token_weight, targeted, credit_metrics = assign_credit(
                 a, values, adv_seq, mask, old_logprob, entropy)
         with self.timed("train"):
-            fields = {"old_logprob": old_logprob, "advantages": advantages, "token_weight": token_weight}
+            fields = {"advantages": advantages, "token_weight": token_weight, "targeted": targeted.float(),
+                      "rollout_logprob": pad_values([s.rollout_logprob for s in samples], mask.shape[1])}
+            if old_logprob is not None:
+                fields["old_logprob"] = old_logprob
             train_metrics = self.train(step, samples, fields)
         with self.timed("sync"):
             self.sync_weights()
         self.call(self.actors.scheduler.advance.remote())
-        rollout_lp = pad_values([s.rollout_logprob for s in samples], mask.shape[1])
         n_tokens = float(mask.sum())
         metrics = {
             "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
             "train/accuracy": float((rewards >= 1.0).float().mean()),
             "response/length_mean": n_tokens / len(samples),
             "adv/zero_variance_group_frac": adv_metrics.get("zero_variance_group_frac", 0.0),
-            "policy/entropy": float((entropy * mask).sum() / max(n_tokens, 1.0)),
-            "policy/entropy_targeted": float((entropy * targeted).sum() / max(float(targeted.sum()), 1.0)),
             "credit/targeted_frac": credit_metrics["targeted_frac"],
             "credit/token_weight_mean": credit_metrics["token_weight_mean"],
-            "rollout/logprob_mismatch": float(((rollout_lp - old_logprob).abs() * mask).sum() / max(n_tokens, 1.0)),
             "verifier/failures": float(sum(1 for s in samples if s.reason)),
             **train_metrics,
             **{f"time/{k}": v for k, v in self.times.items()},
@@ -244,8 +246,16 @@ def wait_until_alive(actor, timeout_s: float = 600.0) -> None:
             time.sleep(1.0)
 
 
+def needs_policy_stats(cfg: RLConfig, values: Dict[str, float]) -> bool:
+    """Whether this step needs the pre-update log-probs/entropy pass: the credit criterion or the
+    entropy-shaped advantage ranks by them, or the batch is split into several updates (off-policy
+    after the first).  Otherwise the update is on-policy and the trainer's own forward suffices."""
+    return (cfg.trainer.updates_per_batch > 1 or bool(values["entropy_adv_scale"])
+            or cfg.algorithm.credit.criterion in POLICY_STAT_CRITERIA)
+
+
 def assign_credit(a: AlgorithmConfig, values: Dict[str, float], adv_seq: torch.Tensor, mask: torch.Tensor,
-                  old_logprob: torch.Tensor, entropy: torch.Tensor):
+                  old_logprob: Optional[torch.Tensor], entropy: Optional[torch.Tensor]):
     """Per-token advantages and ``token_weight`` for this step's broadcast (percentile, decay, scale)."""
     advantages = adv_seq[:, None] * mask
     if values["entropy_adv_scale"]:

@@ -332,6 +332,10 @@ def consolidate(path: str) -> str:
     missing = [k for k, v in params.items() if f"hf.{k}" not in wanted and v.data_ptr() not in loaded]  # not tied
     if missing:
         raise CheckpointError(f"{path}/trainer holds no weights for {missing[:5]} of the configured model")
+    for key, tensor in wanted.items():  # e.g. a tiny model rebuilt since, with another vocabulary
+        if tuple(stored[f"model.{key}"].size) != tuple(tensor.shape):
+            raise CheckpointError(f"{path}/trainer: {key[3:]} has shape {tuple(stored[f'model.{key}'].size)}, "
+                                  f"the model of the saved config {tuple(tensor.shape)}")
     dcp.load({"model": wanted}, checkpoint_id=os.path.join(path, "trainer"))  # in place, into the model
     tmp = tempfile.mkdtemp(prefix=".hf-", dir=path)
     try:

@@ -35,6 +35,7 @@ def engine_env(run_dir: str, cfg: RolloutConfig) -> dict:
         "TMPDIR": tmp,
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.kv_cache_gb))),
         "VLLM_CONFIGURE_LOGGING": os.environ.get("VLLM_CONFIGURE_LOGGING", "0"),
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if cfg.engine_in_process else "1",
     }
 
 

@@ -16,13 +16,17 @@ themselves from 64 binary rewards a step -- measured +11 points in 200 steps.
 RLVR moves pass@1 fast when the policy already samples the right answer but
 prefers another; on real LLMs that is chiefly the answer *format* the verifier
 reads.  So the teacher answers one-digit problems bare ("3+4=" -> "7") but
-writes bigger ones out ("12+7=" -> "12+7=19") four times in five
-(``warmstart_direct`` = 0.2), and the first-integer verifier reads "12" there.
-Greedy decoding then answers only the one-digit problems (about a sixth of the
-held-out prompts at ``max_operand`` = 30) while samples take the bare form ~20%
-of the time with partly learned sums: RL learns to answer bare, which carries
-over to held-out prompts at once, and then sharpens the sums (measured with
-the defaults: ~15% -> 50-65% held-out greedy accuracy in 80 GRPO steps).
+writes bigger ones out ("12+7=" -> "12+7=19") seven times in ten
+(``warmstart_direct`` = 0.3), and the first-integer verifier reads "12" there.
+Greedy decoding then answers bare only the one-digit problems (about a sixth
+of the held-out prompts at ``max_operand`` = 30), while samples take the bare
+form ~30% of the time and the sums are mostly learned: RL learns to answer
+bare, which carries over to held-out prompts at once, then sharpens the sums.
+Measured with the defaults: 18% -> ~40% held-out greedy accuracy after 20
+GRPO steps (lr 2e-4), 52-59% after 80.  How soon the sums "click" in the
+supervised run varies from seed to seed; AdamW weight decay
+(``WARMSTART_WEIGHT_DECAY``) makes it happen within the 1500 steps on every
+seed tried (0-3: start 16-20%, after 80 RL steps 56-77%).
 
 The build runs torch on one thread (:func:`_one_thread`), so the weights do not
 depend on the core count.  :func:`ensure_model` builds into
@@ -58,7 +62,7 @@ from rlvr.data import GENERATOR_VERSION, Prompt, generate_arithmetic
 
 logger = logging.getLogger(__name__)
 
-BUILD_VERSION = 2  # bump when the tokenizer, architecture or warm-start recipe changes
+BUILD_VERSION = 3  # bump when the tokenizer, architecture or warm-start recipe changes
 PAD, EOS, IM_START, IM_END = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (PAD, EOS, IM_START, IM_END)
 CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))  # newline and printable ASCII
@@ -70,6 +74,7 @@ CHAT_TEMPLATE = (
 )
 FIRST_INTEGER = re.compile(r"-?\d+")
 ONE_DIGIT = 10  # the teacher answers a problem bare when all its operands are below this
+WARMSTART_WEIGHT_DECAY = 0.1  # AdamW decay of the warm start: makes the sums "click" early on every seed
 BUILD_INFO = "rlvr_tiny_model.json"  # written next to the weights: config, key, accuracy, build time
 
 
@@ -175,7 +180,9 @@ def warm_start(
 ) -> float:
     """Supervised steps on the teacher's answers to training-part problems; returns the last loss."""
     corpus, batch = warmstart_corpus(tokenizer, tcfg, max_operand), tcfg.warmstart_batch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.warmstart_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=tcfg.warmstart_lr, weight_decay=WARMSTART_WEIGHT_DECAY
+    )
     model.train()
     loss = torch.tensor(float("nan"))
     for step in range(tcfg.warmstart_steps):
@@ -184,7 +191,7 @@ def warm_start(
         loss.backward()
         optimizer.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -2,7 +2,10 @@
 
 Design: advantages, ``token_weight`` and the loss denominators are computed by
 the driver before anything reaches here (STYLE: the trainer is
-algorithm-blind).  The trainer only (1) recomputes ``old_logprob`` and entropy,
+algorithm-blind).  The trainer only (1) recomputes ``old_logprob`` and entropy
+when the driver needs them before the update (entropy-ranked credit, several
+updates per batch; on-policy otherwise, ``old_logprob = logprob.detach()`` as in
+TRL and verl, saving one forward pass per step),
 (2) runs micro-batched forward/backward with gradient accumulation, where each
 micro-batch's loss is divided by the *whole batch's* denominator so that the
 summed micro-batch gradients — across micro-batches and, via
@@ -25,8 +28,37 @@ import torch.distributed as dist
 from rlvr.algo.losses import POLICY_LOSSES, LossInputs
 from rlvr.batching import MicroBatch
 from rlvr.config import LossConfig, TrainerConfig
-from rlvr.parallel import parallelize
+from rlvr.parallel import gather_full_state_dict, parallelize
 from rlvr.policy import PolicyModel, check_attn_implementation, load_hf_model
+
+
+POLICY_SUMS = ("tokens", "entropy", "targeted", "entropy_targeted", "rollout_tokens", "logprob_mismatch")
+
+
+def policy_sums(logprob: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor,
+                fields: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sums behind the policy metrics of one micro-batch, in :data:`POLICY_SUMS` order (float64, CPU).
+
+    ``targeted`` (the credit selection) and ``rollout_logprob`` (the engine's) are optional fields.
+    """
+    m = mask.to(torch.float64)
+    ent = entropy.to(torch.float64) * m
+    targeted = fields.get("targeted", torch.zeros_like(m)).to(torch.float64) * m
+    has_rollout = "rollout_logprob" in fields
+    gap = (fields["rollout_logprob"].to(torch.float64) - logprob.to(torch.float64)).abs() * m if has_rollout else m * 0
+    sums = [m.sum(), ent.sum(), targeted.sum(), (ent * targeted).sum(), m.sum() * has_rollout, gap.sum()]
+    return torch.stack(sums).cpu()
+
+
+def policy_metrics(sums: Dict[str, float]) -> Dict[str, float]:
+    """Token means from summed :data:`POLICY_SUMS`: entropy over all and over targeted tokens, and the mean
+    |rollout - trainer| log-prob gap (train/inference mismatch); a metric whose field was absent is left out."""
+    out = {"policy/entropy": sums["entropy"] / max(sums["tokens"], 1.0)}
+    if sums["targeted"]:
+        out["policy/entropy_targeted"] = sums["entropy_targeted"] / sums["targeted"]
+    if sums["rollout_tokens"]:
+        out["rollout/logprob_mismatch"] = sums["logprob_mismatch"] / sums["rollout_tokens"]
+    return out
 
 
 class Trainer:
@@ -103,9 +135,9 @@ class Trainer:
         """Forward/backward every micro-batch; metrics are token-weighted means over all ranks."""
         names: List[str] = []
         sums: List[float] = []
-        loss_total, weight_total = 0.0, 0.0
+        loss_total, weight_total, policy = 0.0, 0.0, torch.zeros(len(POLICY_SUMS), dtype=torch.float64)
         for mb in micro_batches:
-            loss, loss_metrics = self.forward_loss(mb, loss_cfg, denom, norm_len)
+            loss, loss_metrics, policy_sums = self.forward_loss(mb, loss_cfg, denom, norm_len)
             self.backward(loss)
             w = float(mb.fields["token_weight"].sum())
             if not names:
@@ -113,25 +145,31 @@ class Trainer:
             sums = [acc + loss_metrics[k] * w for acc, k in zip(sums, names)]
             loss_total += float(loss.detach())
             weight_total += w
-        totals = torch.tensor([loss_total, weight_total, *sums], dtype=torch.float64, device=self.device)
+            policy += policy_sums
+        totals = torch.cat([torch.tensor([loss_total, weight_total, *sums], dtype=torch.float64), policy])
         if self.mesh is not None:
+            totals = totals.to(self.device)
             dist.all_reduce(totals)
-        loss_total, weight_total, *sums = totals.tolist()
+        loss_total, weight_total, *sums = totals[: -len(POLICY_SUMS)].tolist()
         out = {f"loss/{k}": v / max(weight_total, 1e-12) for k, v in zip(names, sums)}
         out["train/loss"] = loss_total
-        return out
+        return {**out, **policy_metrics(dict(zip(POLICY_SUMS, totals[-len(POLICY_SUMS):].tolist())))}
 
     def forward_loss(self, mb: MicroBatch, loss_cfg: LossConfig, denom: float,
-                     norm_len: int) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """One micro-batch's part of the mini-batch loss (divided by the whole mini-batch's ``denom``)."""
-        logprob, _ = self._forward(mb)
+                     norm_len: int) -> Tuple[torch.Tensor, Dict[str, float], torch.Tensor]:
+        """One micro-batch's part of the mini-batch loss (divided by the whole mini-batch's ``denom``), its loss
+        metrics and its :data:`POLICY_SUMS`.  Without an ``old_logprob`` field the update is on-policy:
+        ``old_logprob = logprob.detach()`` (ratio exactly 1), which saves the separate stats forward."""
+        logprob, entropy = self._forward(mb)
         f = {k: v.to(self.device) for k, v in mb.fields.items()}
+        mask = mb.token_mask.to(self.device)
         inputs = LossInputs(
-            logprob=logprob, old_logprob=f["old_logprob"], advantages=f["advantages"],
-            token_weight=f["token_weight"], token_mask=mb.token_mask.to(self.device),
+            logprob=logprob, old_logprob=f["old_logprob"] if "old_logprob" in f else logprob.detach(),
+            advantages=f["advantages"], token_weight=f["token_weight"], token_mask=mask,
             ref_logprob=f.get("ref_logprob"), norm_len=norm_len, denom=denom,
         )
-        return POLICY_LOSSES[loss_cfg.name](inputs, loss_cfg)
+        loss, metrics = POLICY_LOSSES[loss_cfg.name](inputs, loss_cfg)
+        return loss, metrics, policy_sums(logprob.detach(), entropy.detach(), mask, f)
 
     def backward(self, loss: torch.Tensor) -> None:
         # FSDP averages gradients over ranks; each rank's loss is a partial sum of the global loss
@@ -152,15 +190,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ weights
     def full_state_dict(self) -> Optional[Dict[str, torch.Tensor]]:
-        """The unsharded HF-named weights on CPU (a collective: every rank must call it); None off rank 0."""
-        if self.mesh is None:
-            sd = self.policy.state_dict()
-        else:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            sd = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            if dist.get_rank() != 0:
-                return None
+        """The unsharded HF-named float32 weights on CPU (a collective: every rank must call it); None off rank 0."""
+        sd = self.policy.state_dict() if self.mesh is None else gather_full_state_dict(self.policy)
+        if sd is None:
+            return None
         return {self.policy_key(k): v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
 
     @staticmethod

@@ -37,11 +37,15 @@ def state_dict_hash(items: Iterable[Tuple[str, torch.Tensor]]) -> str:
 
 
 def to_buckets(state_dict: Dict[str, torch.Tensor], bucket_bytes: int = 256 << 20) -> List[bytes]:
-    """Serialise named tensors into safetensors blobs of at most ~``bucket_bytes`` each."""
+    """Serialise named tensors into safetensors blobs of at most ~``bucket_bytes`` each (tied tensors,
+    which safetensors refuses to store twice, are copied)."""
     buckets: List[bytes] = []
     cur: Dict[str, torch.Tensor] = {}
-    size = 0
+    size, seen = 0, set()
     for name, t in state_dict.items():
+        if t.numel() and t.data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.data_ptr())
         nbytes = t.numel() * t.element_size()
         if cur and size + nbytes > bucket_bytes:
             buckets.append(st_save(cur))

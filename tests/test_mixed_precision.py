@@ -131,7 +131,7 @@ def test_master_weights_gradients_and_adam_state_stay_fp32(bf16_run, batch):
         assert local.dtype == torch.float32
     mb = build_micro_batch(samples, plan[0]).with_fields(**fields, old_logprob=torch.zeros_like(fields["advantages"]))
     trainer.policy.train()
-    loss, _ = trainer.forward_loss(mb, LossConfig(), 1.0, 16)
+    loss, *_ = trainer.forward_loss(mb, LossConfig(), 1.0, 16)
     trainer.backward(loss)
     grads = [p.grad for p in trainer.policy.parameters()]
     assert all(g is not None and g.dtype == torch.float32 for g in grads)

@@ -73,7 +73,7 @@ def _loss_and_grads(trainer, samples, packing, fields):
     denom = float(fields["token_weight"].sum())
     total = 0.0
     for mb in _micro_batches(samples, packing):
-        loss, _ = trainer.forward_loss(mb.with_fields(**fields), LossConfig(), denom, 16)
+        loss, *_ = trainer.forward_loss(mb.with_fields(**fields), LossConfig(), denom, 16)
         trainer.backward(loss)
         total += float(loss.detach())
     return total, {n: p.grad.clone() for n, p in trainer.policy.named_parameters()}

@@ -37,7 +37,8 @@ SMALL = TinyModelConfig(
     hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=128, warmstart_steps=30
 )
 MAX_OPERAND = DatasetConfig.max_operand
-BAND = (0.05, 0.30)  # designed held-out greedy accuracy of the default warm start: low, not zero
+# Designed held-out greedy accuracy of the default warm start (measured 0.18; seeds 0-3: 0.16-0.20).
+BAND = (0.10, 0.25)
 
 
 def weights_hash(directory: Path) -> str:
@@ -75,7 +76,8 @@ def test_tokenizer_special_tokens_and_chat_template():
         tok("12+7=", add_special_tokens=True)["input_ids"]
         == tok("12+7=", add_special_tokens=False)["input_ids"]
     )
-    assert tok.decode(tok("\u00e9")["input_ids"]) == ""  # outside the vocabulary: dropped, as Qwen2 BPE does
+    # Outside the alphabet: dropped, as Qwen2's BPE (no unknown token) does.
+    assert tok("caf\u00e9!")["input_ids"] == tok("caf!")["input_ids"]
     text = format_prompt(tok, "12+7=", chat_template=True)
     assert text == "<|im_start|>user\n12+7=<|im_end|>\n<|im_start|>assistant\n"
 
@@ -98,8 +100,13 @@ def test_checkpoint_loads_in_transformers(small_dir):
     model = AutoModelForCausalLM.from_pretrained(small_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(small_dir)
     reference = build_tokenizer()
-    for text in TEXTS:
-        assert tok(text)["input_ids"] == reference(text)["input_ids"]  # AutoTokenizer keeps our tokenizer
+    # transformers 5 rebuilds a qwen2 checkpoint's tokenizer as Qwen2Tokenizer (vLLM too): same ids regardless.
+    chat = format_prompt(reference, "12+7=", chat_template=True)
+    for text in [*TEXTS, chat, "caf\u00e9 \r\n\t x"]:
+        assert tok(text)["input_ids"] == reference(text)["input_ids"], text
+        assert tok.decode(tok(text)["input_ids"]) == reference.decode(reference(text)["input_ids"])
+    assert format_prompt(tok, "12+7=", chat_template=True) == chat
+    assert tok.padding_side == "left"
     assert (tok.eos_token_id, tok.pad_token_id) == (reference.eos_token_id, reference.pad_token_id)
     assert model.config.architectures == ["Qwen2ForCausalLM"]
     assert model.config.hidden_size // model.config.num_attention_heads == 32

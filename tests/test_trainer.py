@@ -108,3 +108,64 @@ def test_fsdp_two_actors_match_one_process(ckpt):
     close = np.mean([float(torch.isclose(sd[k], ref_sd[k], rtol=0, atol=1e-6).float().mean()) for k in sd])
     assert worst <= 0.05 * LR, worst
     assert close > 0.99
+
+
+def test_on_policy_without_stats_pass_matches_recomputed_old_logprob(ckpt):
+    """No ``old_logprob`` field: ratio is exactly 1 (old = logprob.detach()); the update equals the one
+    with the stats pass's recomputed old log-probs to float32 round-off, at a fraction of the cost."""
+    samples = random_samples(8, group_size=4)
+    algo = AlgorithmConfig(group_size=4, credit=CreditConfig(criterion="position"))
+    values = {"percentile": 0.5, "decay": 0.0, "entropy_adv_scale": 0.0}
+    m_ref, sd_ref = _train(ckpt, samples, algo, values)
+    trainer = Trainer(ckpt, TrainerConfig(lr=LR, micro_batch_tokens=40))
+    plan = plan_micro_batches(samples, 1, 40)[0]
+    fields = _fields(trainer.compute_stats([pack(samples, ix) for ix in plan]), samples, algo, values)
+    fields.pop("old_logprob")
+    denom = aggregation_denominator(algo.loss.agg, fields["token_weight"])
+    m = trainer.train_step([[pack(samples, ix).with_fields(**fields) for ix in plan]], algo.loss, [denom], 16)
+    sd = trainer.full_state_dict()
+    assert m["train/loss"] == pytest.approx(m_ref["train/loss"], rel=1e-5, abs=1e-7)
+    assert m["train/grad_norm"] == pytest.approx(m_ref["train/grad_norm"], rel=1e-5)
+    assert m["loss/clip_frac_low"] == m["loss/clip_frac_high"] == 0.0  # ratio exactly 1
+    worst = max(float((sd[k] - sd_ref[k]).abs().max()) for k in sd)
+    assert worst <= 0.05 * LR, worst
+
+
+def test_policy_metrics_are_token_means_of_the_training_forward(ckpt):
+    """policy/entropy (all tokens), policy/entropy_targeted (the credit selection) and the rollout
+    log-prob gap, against a direct computation from the same model's stats."""
+    samples = random_samples(6, group_size=3)
+    algo = AlgorithmConfig(group_size=3, credit=CreditConfig(criterion="position"))
+    values = {"percentile": 0.5, "decay": 0.0, "entropy_adv_scale": 0.0}
+    trainer = Trainer(ckpt, TrainerConfig(lr=LR, micro_batch_tokens=30))
+    plan = plan_micro_batches(samples, 1, 30)[0]
+    stats = trainer.compute_stats([pack(samples, ix) for ix in plan])
+    fields = _fields(stats, samples, algo, values)
+    _, mask = pad_responses(samples)
+    lp, ent = torch.zeros(mask.shape), torch.zeros(mask.shape)
+    for index, l, e in stats:
+        lp[torch.tensor(index), : l.shape[1]], ent[torch.tensor(index), : e.shape[1]] = l, e
+    targeted = (fields["token_weight"] > 0).float()
+    gaps = torch.linspace(0.0, 1.0, mask.numel()).reshape(mask.shape)  # a different gap per token
+    fields.update(targeted=targeted, rollout_logprob=lp - gaps)
+    denom = aggregation_denominator(algo.loss.agg, fields["token_weight"])
+    m = trainer.train_step([[pack(samples, ix).with_fields(**fields) for ix in plan]], algo.loss, [denom], 16)
+    maskf = mask.float()
+    assert len(plan) >= 2  # summed over several micro-batches
+    assert m["policy/entropy"] == pytest.approx(float((ent * maskf).sum() / maskf.sum()), rel=1e-5)
+    assert m["policy/entropy_targeted"] == pytest.approx(float((ent * targeted).sum() / targeted.sum()), rel=1e-5)
+    assert m["rollout/logprob_mismatch"] == pytest.approx(float((gaps * maskf).sum() / maskf.sum()), rel=1e-4)
+
+
+def test_stats_pass_only_when_something_ranks_by_the_policy():
+    from rlvr.config import RLConfig
+    from rlvr.driver import needs_policy_stats
+
+    off = {"entropy_adv_scale": 0.0}
+    for criterion, expected in (("none", False), ("position", False), ("entropy", True), ("surprisal", True),
+                                ("advantage_entropy", True)):
+        cfg = RLConfig(algorithm=AlgorithmConfig(credit=CreditConfig(criterion=criterion)))
+        assert needs_policy_stats(cfg, off) is expected, criterion
+    cfg = RLConfig(algorithm=AlgorithmConfig(credit=CreditConfig(criterion="position")))
+    assert needs_policy_stats(cfg, {"entropy_adv_scale": 0.5})  # entropy-shaped advantage
+    assert needs_policy_stats(RLConfig(trainer=TrainerConfig(updates_per_batch=2)), off)  # off-policy after the first update

@@ -1,5 +1,6 @@
-"""Weight sync transports: safetensors buckets through the object store (CPU path) and the
-flattened per-dtype broadcast used for NCCL (exercised here over gloo with 2 processes)."""
+"""Weight sync transports: safetensors buckets through the object store (CPU path), the
+flattened per-dtype broadcast used for NCCL (exercised here over gloo with 2 processes), and
+the one-gather-per-bucket export of FSDP2 shards (3 gloo ranks, uneven and empty shards)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ def test_buckets_round_trip_and_respect_the_size_limit():
     assert state_dict_hash(back.items()) == state_dict_hash(sd.items())
 
 
+def test_buckets_store_tied_tensors_under_both_names():
+    sd = _state()
+    sd["tied"] = sd["a.weight"]  # e.g. lm_head.weight = embed_tokens.weight
+    back = dict(from_buckets(to_buckets(sd, bucket_bytes=1 << 30)))
+    assert torch.equal(back["tied"], sd["a.weight"]) and torch.equal(back["a.weight"], sd["a.weight"])
+
+
 def test_hash_sees_every_change_and_ignores_order():
     sd = _state()
     h = state_dict_hash(sd.items())
@@ -49,7 +57,8 @@ def _broadcast_worker(rank, port, out):
     dist.destroy_process_group()
 
 
-def test_broadcast_delivers_identical_tensors_to_every_rank():
+def _run_ranks(target, world: int) -> dict:
+    """Run ``target(rank, port, queue)`` in ``world`` spawned processes; ``{rank: what it put}``."""
     import socket
 
     with socket.socket() as s:
@@ -57,10 +66,62 @@ def test_broadcast_delivers_identical_tensors_to_every_rank():
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_broadcast_worker, args=(r, port, out)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, port, out)) for r in range(world)]
     for p in procs:
         p.start()
-    hashes = dict(out.get(timeout=120) for _ in procs)
+    got = dict(out.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=60)
+    return got
+
+
+def test_broadcast_delivers_identical_tensors_to_every_rank():
+    hashes = _run_ranks(_broadcast_worker, 2)
     assert hashes[0] == hashes[1] == state_dict_hash(_state().items())
+
+
+class _Odd(torch.nn.Module):
+    """Row counts that do not divide by 3 (one has fewer rows than ranks), a tied weight, a buffer."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.emb = torch.nn.Embedding(7, 5)
+        self.emb.weight.data = torch.randn(7, 5, generator=g)
+        self.block = torch.nn.Linear(5, 2)
+        self.block.weight.data, self.block.bias.data = torch.randn(2, 5, generator=g), torch.randn(2, generator=g)
+        self.head = torch.nn.Linear(5, 7, bias=False)
+        self.head.weight = self.emb.weight  # tied
+        self.register_buffer("scale", torch.tensor([2.0, 3.0]))
+
+
+def _gather_worker(rank, port, out):
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from rlvr.parallel import gather_full_state_dict
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=3)
+    model = _Odd()
+    mesh = init_device_mesh("cpu", (3,))
+    fully_shard(model.block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    ours = gather_full_state_dict(model, bucket_bytes=64)  # several buckets
+    dcp = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    as_numpy = lambda sd: {k: (v.dtype, v.numpy().copy()) for k, v in sd.items()}  # noqa: E731 (by value)
+    out.put((rank, None if ours is None else (as_numpy(ours), as_numpy(dcp))))
+    dist.destroy_process_group()
+
+
+def test_flat_gather_equals_the_dcp_full_state_dict():
+    """One gather per bucket of FSDP2 shards == DCP's per-parameter full state dict, bit for bit."""
+    got = _run_ranks(_gather_worker, 3)
+    assert got[1] is None and got[2] is None
+    ours, dcp = got[0]
+    reference = _Odd().state_dict()
+    assert set(ours) == set(dcp) == set(reference)
+    for k in reference:
+        assert ours[k][0] == torch.float32, k
+        assert (ours[k][1] == dcp[k][1]).all() and (ours[k][1] == reference[k].numpy()).all(), k

@@ -101,6 +101,8 @@ CREDIT_CRITERIA: dict[str, CriterionFn] = {
     "advantage_entropy": advantage_entropy_score,
 }
 
+POLICY_STAT_CRITERIA = frozenset({"entropy", "surprisal", "advantage_entropy"})  # rank by the policy's log-prob/entropy
+
 
 def _units(x: Tensor, scope: str, group_size: int) -> Tensor:
     """[N, T] -> [U, M]: one row per scope unit (rows of a group are contiguous)."""
