@@ -36,6 +36,8 @@ def phase_medians(rows: Sequence[Dict[str, float]], warmup: int, samples_per_ste
     out = {p: statistics.median(r.get(f"time/{p}", 0.0) for r in steps) for p in PHASES}
     out["other"] = statistics.median(r["time/step"] - sum(r.get(f"time/{p}", 0.0) for p in PHASES) for r in steps)
     out["step"] = statistics.median(r["time/step"] for r in steps)
+    # sub-phase of train: inside trainer rank 0 (forward/backward/optimizer and collectives)
+    out["train_compute"] = statistics.median(r.get("time/train_compute", 0.0) for r in steps)
     out["samples_per_s"] = samples_per_step / out["step"]
     out["measured_steps"] = len(steps)
     return out
@@ -43,7 +45,7 @@ def phase_medians(rows: Sequence[Dict[str, float]], warmup: int, samples_per_ste
 
 def format_table(result: Dict[str, float]) -> str:
     lines = ["| phase    | median s | share of step |", "|----------|----------|---------------|"]
-    for name in (*PHASES, "other", "step"):
+    for name in (*PHASES, "train_compute", "other", "step"):
         lines.append(f"| {name:<8} | {result[name]:8.3f} | {100 * result[name] / result['step']:12.1f}% |")
     return "\n".join(lines)
 

@@ -12,10 +12,11 @@ checkpoint, with the same algorithm:
   float32, no activation checkpointing, sampling at temperature 1; rlvr without token credit
   (``credit.criterion=none``), i.e. plain GRPO.
 * TRL: ``GRPOTrainer`` in this process, ``use_cpu=True``, no vLLM (``transformers.generate``),
-  ``--threads`` torch threads (default 1: on a loaded 2-core box two threads stall each other).
-  rlvr: ``rlvr.run.run`` -- Ray, one vLLM rollout worker, the reward pool, 2 FSDP2 trainer ranks
-  of one thread each -- from ``configs/quickstart_cpu.yaml``, with padded (not packed) micro-batches
-  of up to 16k tokens, i.e. one per rank.
+  ``--threads`` torch threads (default: every core, the machine rlvr gets).
+  rlvr: ``rlvr.run.run`` -- Ray, one vLLM rollout worker (OpenMP on every core while it generates),
+  the reward pool, 2 FSDP2 trainer ranks of one thread each -- from ``configs/quickstart_cpu.yaml``,
+  with padded micro-batches of up to 16k tokens, i.e. one per rank, and no sampling log-probs
+  (TRL computes none; rlvr's feed only a metric).
 * sizes: ``tiny``, the quickstart's warm-started 0.3M-parameter Qwen2 (``ensure_model``) with the
   quickstart's completion budget and learning rate (completions stop at EOS); ``compute``, a 25M-parameter Qwen2 (hidden 512, 8
   layers) with the same character tokenizer, warm-started briefly (:func:`build_compute_model`)
@@ -261,6 +262,8 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
         # CPU sdpa has no varlen kernel: a packed micro-batch pays dense [S, S] attention (BENCHMARKS.md,
         # Trainer), so pad like TRL; one micro-batch per rank (TRL: one forward over the 64 samples)
         "trainer.packing=false", "trainer.micro_batch_tokens=16384",
+        # TRL computes no sampling log-probs; rlvr's only use them for the rollout/logprob_mismatch metric
+        "rollout.return_logprobs=false",
     ])
     start = time.perf_counter()
     run(cfg)
@@ -326,9 +329,9 @@ def main(argv: List[str]) -> int:
     p.add_argument("--steps-compute", type=int, default=6, help="RL steps at the compute-bound size")
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the medians")
     p.add_argument("--repeats", type=int, default=1, help="runs of each system per size (order alternates)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads of this process (TRL, the held-out evaluation, the model build); rlvr's "
-                        "actors use 1 each (OMP_NUM_THREADS=1, 2 trainer ranks)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="torch threads of this process (TRL, the held-out evaluation, the model build); default: "
+                        "every core, as rlvr gets them (2 trainer ranks of 1 thread; vLLM's OpenMP on every core)")
     p.add_argument("--json", default=None, help="also write every measurement to this file")
     args = p.parse_args(argv)
     import torch

@@ -161,6 +161,8 @@ class RolloutConfig(PoolConfig):
     tensor_parallel_size: int = 1  # GPUs per engine
     enforce_eager: bool = True  # skip graph capture (fast start; CPU needs it)
     engine_in_process: bool = True  # vLLM's engine core in the actor's process: no IPC hop per call (CPU, small models)
+    return_logprobs: bool = True  # engine log-probs of the sampled tokens, for rollout/logprob_mismatch (~30% of a
+    # tiny model's CPU decode time goes to building them; off drops the metric, nothing else uses them)
     seed: int = 0  # sampling seed of worker 0 (worker i uses seed + i)
 
 

@@ -65,10 +65,11 @@ class RLLoop:
             advantages, token_weight, targeted, credit_metrics = assign_credit(
                 a, values, adv_seq, mask, old_logprob, entropy)
         with self.timed("train"):
-            fields = {"advantages": advantages, "token_weight": token_weight, "targeted": targeted.float(),
-                      "rollout_logprob": pad_values([s.rollout_logprob for s in samples], mask.shape[1])}
+            fields = {"advantages": advantages, "token_weight": token_weight, "targeted": targeted.float()}
             if old_logprob is not None:
                 fields["old_logprob"] = old_logprob
+            if self.cfg.rollout.return_logprobs:  # for the train/inference mismatch metric
+                fields["rollout_logprob"] = pad_values([s.rollout_logprob for s in samples], mask.shape[1])
             train_metrics = self.train(step, samples, fields)
         with self.timed("sync"):
             self.sync_weights()

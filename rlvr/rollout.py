@@ -3,7 +3,8 @@
 Design: prompts arrive as token ids (tokenised once on the driver, with the
 trainer's tokenizer), so the trainer and the engine can never disagree about a
 prompt; each sample returns its response ids, the engine's sampling log-probs
-(after temperature, which is what the trainer recomputes) and the full
+(after temperature, which is what the trainer recomputes; empty with
+``return_logprobs`` off) and the full
 decoded text (what the verifier scores).  Per-request seeds derived from
 (step, prompt index) make a resumed run sample exactly what the original did.
 """
@@ -36,6 +37,9 @@ def engine_env(run_dir: str, cfg: RolloutConfig) -> dict:
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.kv_cache_gb))),
         "VLLM_CONFIGURE_LOGGING": os.environ.get("VLLM_CONFIGURE_LOGGING", "0"),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if cfg.engine_in_process else "1",
+        # vllm-cpu keeps one core per worker free for the engine-core process; in-process there is none,
+        # and the trainers idle while the engine generates: let its OpenMP threads take every core
+        **({"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"} if cfg.engine_in_process else {}),
     }
 
 
@@ -65,7 +69,7 @@ def generate(
 
     params = [
         SamplingParams(n=n, temperature=temperature, top_p=cfg.top_p if temperature > 0 else 1.0,
-                       max_tokens=cfg.max_tokens, logprobs=0, seed=seed)
+                       max_tokens=cfg.max_tokens, logprobs=0 if cfg.return_logprobs else None, seed=seed)
         for seed in seeds
     ]
     prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]

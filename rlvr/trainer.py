@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -122,6 +123,7 @@ class Trainer:
     ) -> Dict[str, float]:
         """One optimizer step per mini-batch; ``denoms[j]`` is mini-batch j's global loss denominator."""
         self.policy.train()
+        start = time.perf_counter()
         metrics: Dict[str, float] = {}
         for micro_batches, denom in zip(mini_batches, denoms):
             step_metrics = self._accumulate(micro_batches, loss_cfg, denom, norm_len)
@@ -129,6 +131,8 @@ class Trainer:
             for k, v in step_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v / len(mini_batches)
         metrics["train/lr"] = self.lr_scheduler.get_last_lr()[0]
+        # inside this rank, collectives included; the driver's time/train adds transport and the actor call
+        metrics["time/train_compute"] = time.perf_counter() - start
         return metrics
 
     def _accumulate(self, micro_batches, loss_cfg: LossConfig, denom: float, norm_len: int) -> Dict[str, float]:

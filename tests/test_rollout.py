@@ -1,0 +1,57 @@
+"""rlvr.rollout without an engine: what it asks vLLM for, how it groups samples, and its environment."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from rlvr import rollout
+from rlvr.config import RolloutConfig
+
+
+class FakeEngine:
+    """Records the sampling params; answers each prompt with ``n`` completions of 2 tokens."""
+
+    def __init__(self):
+        self.params = None
+
+    def generate(self, prompts, params, use_tqdm):
+        self.params = params
+        outs = []
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            comps = []
+            for j in range(p.n):
+                tokens = [10 * i + j, 99]
+                logprobs = None if p.logprobs is None else [{t: SimpleNamespace(logprob=-0.5 * (k + 1))}
+                                                            for k, t in enumerate(tokens)]
+                comps.append(SimpleNamespace(token_ids=tokens, logprobs=logprobs, text=f"{i}:{j}"))
+            outs.append(SimpleNamespace(outputs=comps))
+        return outs
+
+
+@pytest.mark.parametrize("return_logprobs", [True, False])
+def test_generate_groups_samples_and_returns_logprobs_only_when_asked(return_logprobs):
+    engine, cfg = FakeEngine(), RolloutConfig(max_tokens=7, top_p=0.9, return_logprobs=return_logprobs)
+    samples = rollout.generate(engine, [[1, 2], [3]], 3, cfg, temperature=0.7, seeds=[11, 12], first_group=4)
+    assert [(p.n, p.seed, p.max_tokens, p.top_p, p.temperature) for p in engine.params] == [
+        (3, 11, 7, 0.9, 0.7), (3, 12, 7, 0.9, 0.7)]
+    assert [p.logprobs for p in engine.params] == [0 if return_logprobs else None] * 2
+    assert [s.text for s in samples] == ["0:0", "0:1", "0:2", "1:0", "1:1", "1:2"]  # sample j of prompt i at i*n+j
+    assert [s.group for s in samples] == [4, 4, 4, 5, 5, 5]
+    assert samples[4].prompt_ids == [3] and samples[4].response_ids == [11, 99]
+    assert all(s.rollout_logprob == ([-0.5, -1.0] if return_logprobs else []) for s in samples)
+
+
+def test_greedy_ignores_top_p():
+    engine = FakeEngine()
+    rollout.generate(engine, [[1]], 1, RolloutConfig(top_p=0.5), temperature=0.0, seeds=[0])
+    assert engine.params[0].top_p == 1.0
+
+
+def test_engine_env_gives_an_in_process_engine_every_core(tmp_path):
+    env = rollout.engine_env(str(tmp_path), RolloutConfig(engine_in_process=True))
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    env = rollout.engine_env(str(tmp_path), RolloutConfig(engine_in_process=False))
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in env
+    assert env["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
