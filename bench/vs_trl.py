@@ -16,7 +16,9 @@ checkpoint, with the same algorithm:
   rlvr: ``rlvr.run.run`` -- Ray, one vLLM rollout worker (OpenMP on every core while it generates),
   the reward pool, 2 FSDP2 trainer ranks of one thread each -- from ``configs/quickstart_cpu.yaml``,
   with padded micro-batches of up to 16k tokens, i.e. one per rank, and no sampling log-probs
-  (TRL computes none; rlvr's feed only a metric).
+  (TRL computes none; rlvr's feed only a metric).  Two rlvr rows: ``rlvr`` trains every sample,
+  the same work as TRL; ``rlvr_skip`` is rlvr's default, which leaves zero-variance groups out of
+  the forward/backward (``trainer.skip_zero_advantage``: the same gradient; "trained samples").
 * sizes: ``tiny``, the quickstart's warm-started 0.3M-parameter Qwen2 (``ensure_model``) with the
   quickstart's completion budget and learning rate (completions stop at EOS); ``compute``, a 25M-parameter Qwen2 (hidden 512, 8
   layers) with the same character tokenizer, warm-started briefly (:func:`build_compute_model`)
@@ -31,7 +33,8 @@ greedy held-out accuracy (128 held-out prompts, the same verifier, the same ``tr
 greedy decoding for both) before and after.  With ``--repeats R`` the two systems alternate order
 and the table shows medians over repeats.  The load average is printed around each run.
 
-    python bench/vs_trl.py [--steps 10] [--steps-compute 6] [--sizes tiny,compute] [--repeats 1]
+    python bench/vs_trl.py [--steps 10] [--steps-compute 6] [--sizes tiny,compute] [--systems trl,rlvr,rlvr_skip]
+                           [--repeats 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -243,7 +246,8 @@ def run_trl(model_path: str, size: Size, steps: int, warmup: int, work_dir: str)
 
 
 # --------------------------------------------------------------------------- rlvr
-def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str) -> Dict[str, Any]:
+def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str,
+             skip_zero_advantage: bool = False) -> Dict[str, Any]:
     from step_bench import PHASES, phase_medians
 
     from rlvr.checkpoint import latest
@@ -264,6 +268,8 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
         "trainer.packing=false", "trainer.micro_batch_tokens=16384",
         # TRL computes no sampling log-probs; rlvr's only use them for the rollout/logprob_mismatch metric
         "rollout.return_logprobs=false",
+        # off: forward/backward every sample, as TRL does; on (rlvr's default): leave zero-variance groups out
+        f"trainer.skip_zero_advantage={str(skip_zero_advantage).lower()}",
     ])
     start = time.perf_counter()
     run(cfg)
@@ -274,18 +280,21 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
         "step_s": result["step"], "samples_per_s": result["samples_per_s"], "wall_s": wall,
         "phases": {p: result[p] for p in (*PHASES, "other")},
         "completion_len": statistics.mean(r["response/length_mean"] for r in rows),
+        "trained_frac": statistics.mean(r["train/trained_frac"] for r in rows),
         "train_reward": statistics.mean(r["reward/mean"] for r in rows[warmup:]),
         "accuracy_after": heldout_accuracy(consolidate(latest(work_dir)), model_path),
     }
 
 
-RUNNERS = {"trl": run_trl, "rlvr": run_rlvr}
+RUNNERS = {"trl": run_trl, "rlvr": run_rlvr,
+           "rlvr_skip": lambda *a: run_rlvr(*a, skip_zero_advantage=True)}
+LABELS = {"trl": "TRL GRPOTrainer", "rlvr": "rlvr, every sample trained", "rlvr_skip": "rlvr, zero-variance groups skipped"}
 
 
 # --------------------------------------------------------------------------- report
 def summarize(runs: List[Dict[str, Any]], before: float) -> Dict[str, Any]:
-    med = {k: statistics.median(r[k] for r in runs) for k in ("step_s", "samples_per_s", "wall_s", "completion_len",
-                                                               "train_reward", "accuracy_after")}
+    keys = ("step_s", "samples_per_s", "wall_s", "completion_len", "train_reward", "accuracy_after", "trained_frac")
+    med = {k: statistics.median(r.get(k, 1.0) for r in runs) for k in keys}  # TRL trains every sample
     med["phases"] = {p: statistics.median(r["phases"][p] for r in runs) for p in runs[0]["phases"]}
     med["gain"] = med["accuracy_after"] - before
     return med
@@ -293,24 +302,26 @@ def summarize(runs: List[Dict[str, Any]], before: float) -> Dict[str, Any]:
 
 def report(size: Size, steps: int, warmup: int, before: float, res: Dict[str, Dict[str, Any]], repeats: int,
            model_path: str) -> str:
-    t, r = res["trl"], res["rlvr"]
+    """A markdown table, one row per system, and every rlvr variant's ratios to TRL."""
     over = f"medians of steps {warmup + 1}-{steps}" + (f", then of {repeats} repeats" if repeats > 1 else "")
     head = (f"### {size.name}: {steps} steps x {SAMPLES} samples, max {size.max_tokens} completion tokens, "
             f"lr {size.lr:g}; {over} (model {os.path.basename(model_path)}, "
             f"{_num_params(model_path) / 1e6:.2f}M parameters)")
-    columns = ("system", "s/step", "samples/s", "wall, N steps + start-up (s)", "completion tokens", "train reward",
-               "held-out before", "held-out after", "gain")
+    columns = ("system", "s/step", "samples/s", "wall, N steps + start-up (s)", "completion tokens", "trained samples",
+               "train reward", "held-out before", "held-out after", "gain")
     lines = [head, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for name, m in (("TRL GRPOTrainer", t), ("rlvr", r)):
-        lines.append(f"| {name} | {m['step_s']:.3f} | {m['samples_per_s']:.1f} | {m['wall_s']:.0f} | "
-                     f"{m['completion_len']:.1f} | {m['train_reward']:.3f} | {100 * before:.1f}% | "
-                     f"{100 * m['accuracy_after']:.1f}% | {100 * m['gain']:+.1f} pts |")
-    ratio = (f"rlvr / TRL samples/s: **{r['samples_per_s'] / t['samples_per_s']:.2f}x**; wall incl. start-up: "
-             f"{t['wall_s'] / r['wall_s']:.2f}x; held-out gain rlvr {100 * r['gain']:+.1f} vs TRL "
-             f"{100 * t['gain']:+.1f} pts")
-    phases = " | ".join(f"{who} " + ", ".join(f"{k} {v:.3f}" for k, v in m["phases"].items())
-                        for who, m in (("rlvr", r), ("TRL", t)))
-    lines += ["", ratio, "", f"phases (median s/step): {phases}"]
+    for name, m in res.items():
+        lines.append(f"| {LABELS[name]} | {m['step_s']:.3f} | {m['samples_per_s']:.1f} | {m['wall_s']:.0f} | "
+                     f"{m['completion_len']:.1f} | {100 * m['trained_frac']:.0f}% | {m['train_reward']:.3f} | "
+                     f"{100 * before:.1f}% | {100 * m['accuracy_after']:.1f}% | {100 * m['gain']:+.1f} pts |")
+    t = res.get("trl")
+    for name, r in res.items():
+        if t is not None and name != "trl":
+            lines += ["", f"{LABELS[name]} / TRL samples/s: **{r['samples_per_s'] / t['samples_per_s']:.2f}x**; "
+                          f"wall incl. start-up: {t['wall_s'] / r['wall_s']:.2f}x; held-out gain "
+                          f"{100 * r['gain']:+.1f} vs TRL {100 * t['gain']:+.1f} pts"]
+    lines += ["", "phases (median s/step): " + " | ".join(
+        f"{name} " + ", ".join(f"{k} {v:.3f}" for k, v in m["phases"].items()) for name, m in res.items())]
     return "\n".join(lines)
 
 
@@ -328,6 +339,7 @@ def main(argv: List[str]) -> int:
     p.add_argument("--steps", type=int, default=10, help="RL steps at the tiny size")
     p.add_argument("--steps-compute", type=int, default=6, help="RL steps at the compute-bound size")
     p.add_argument("--warmup", type=int, default=1, help="first steps left out of the medians")
+    p.add_argument("--systems", default=",".join(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}")
     p.add_argument("--repeats", type=int, default=1, help="runs of each system per size (order alternates)")
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="torch threads of this process (TRL, the held-out evaluation, the model build); default: "
@@ -338,6 +350,9 @@ def main(argv: List[str]) -> int:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    systems = args.systems.split(",")
+    if not set(systems) <= set(RUNNERS):
+        p.error(f"--systems: unknown {sorted(set(systems) - set(RUNNERS))}; valid: {', '.join(RUNNERS)}")
     results: Dict[str, Any] = {}
     reports = []
     for name in args.sizes.split(","):
@@ -347,9 +362,9 @@ def main(argv: List[str]) -> int:
             p.error(f"{name}: steps ({steps}) must exceed --warmup ({args.warmup})")
         model_path = model_for(size)
         before = heldout_accuracy(model_path, model_path)
-        runs: Dict[str, List[Dict[str, Any]]] = {"trl": [], "rlvr": []}
+        runs: Dict[str, List[Dict[str, Any]]] = {s: [] for s in systems}
         for rep in range(args.repeats):
-            for system in (("trl", "rlvr") if rep % 2 == 0 else ("rlvr", "trl")):
+            for system in (systems if rep % 2 == 0 else systems[::-1]):
                 work_dir = tempfile.mkdtemp(prefix=f"vs-trl-{system}-")
                 log(f"{name} repeat {rep + 1}/{args.repeats}: {system}, {steps} steps")
                 try:

@@ -167,6 +167,33 @@ def micro_batch_tokens(lengths: Sequence[int], packing: bool) -> int:
     return sum(lengths) if packing else len(lengths) * max(lengths, default=0)
 
 
+def contributing_samples(index: Sequence[int], contributes: Sequence[bool], group: Sequence[int],
+                         num_ranks: int) -> List[int]:
+    """The samples of ``index`` worth a forward/backward: whole groups holding a sample that ``contributes``.
+
+    A group whose every token has advantage x token_weight = 0 (a zero-variance GRPO group) adds
+    exactly zero to a policy-gradient loss whose denominator is fixed beforehand, so leaving it out
+    changes no gradient.  Such groups are added back, first to last, only until the count splits
+    evenly over ``num_ranks`` with at least one sample per rank (every FSDP rank must join every
+    collective, and an all-zero step must still step AdamW with zero gradients); if that cannot be
+    reached, ``index`` is returned whole.
+    """
+    by_group: Dict[int, List[int]] = {}
+    for i in index:
+        by_group.setdefault(group[i], []).append(i)
+    keep = [g for g, rows in by_group.items() if any(contributes[i] for i in rows)]
+    spare = [g for g in by_group if g not in set(keep)]
+    count = sum(len(by_group[g]) for g in keep)
+    while (count % num_ranks or count < num_ranks) and spare:
+        g = spare.pop(0)
+        keep.append(g)
+        count += len(by_group[g])
+    if count % num_ranks or count < num_ranks:
+        return list(index)
+    kept = set(keep)
+    return [i for i in index if group[i] in kept]
+
+
 def plan_micro_batches(
     samples: Sequence[Sample], num_ranks: int, token_budget: int, indices: Optional[Sequence[int]] = None,
     packing: bool = True,

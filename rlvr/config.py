@@ -183,6 +183,8 @@ class TrainerConfig(PoolConfig):
     grad_clip: float = 1.0  # max global grad norm (0 disables)
     updates_per_batch: int = 1  # optimizer steps per rollout batch (mini-batches); >1 makes ratios != 1
     micro_batch_tokens: int = 8192  # token budget of one forward/backward micro-batch
+    skip_zero_advantage: bool = True  # no forward/backward for groups whose advantage x token_weight is 0 everywhere
+    # (zero-variance groups): the same gradient, less compute; not with a KL term, which they still carry
     dtype: str = choice("float32", "float32", "bfloat16")  # compute dtype (master weights stay fp32)
     attn_implementation: str = choice("sdpa", "sdpa", "eager", "flash_attention_2")
     activation_checkpointing: bool = False  # recompute blocks in backward

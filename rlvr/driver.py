@@ -14,6 +14,10 @@ Design decisions:
   trainers never see rewards or groups (algorithm-blind).  The Scheduler actor
   pushes the step's percentile/decay to every trainer, and a trainer refuses to
   train on a step it was not told about.
+* Groups whose advantage x token_weight is zero everywhere (zero-variance GRPO
+  groups) are left out of the forward/backward after the loss denominator is
+  fixed: the gradient is unchanged (``trainer.skip_zero_advantage``; not with a
+  KL term).  Unlike DAPO's dynamic sampling this keeps the estimator as it is.
 * A dead rollout or reward actor is restarted by Ray; the driver re-sends the
   latest weights to a restarted engine and retries the call.
 """
@@ -32,7 +36,8 @@ from rlvr.algo.advantages import get_advantage_fn
 from rlvr.algo.credit import POLICY_STAT_CRITERIA, CreditInputs, compute_token_weight
 from rlvr.algo.entropy_adv import shape_advantages
 from rlvr.algo.losses import aggregation_denominator
-from rlvr.batching import Sample, build_micro_batch, pad_responses, pad_values, plan_micro_batches
+from rlvr.batching import (Sample, build_micro_batch, contributing_samples, pad_responses, pad_values,
+                           plan_micro_batches)
 from rlvr.config import AlgorithmConfig, ConfigError, RLConfig, load_config
 from rlvr.runtime import Actors
 
@@ -170,23 +175,29 @@ class RLLoop:
         chunks = [groups[j::cfg.trainer.updates_per_batch] for j in range(cfg.trainer.updates_per_batch)]
         per_rank: List[List] = [[] for _ in range(world)]
         denoms = []
+        trained, contributes = 0, ((fields["advantages"] * fields["token_weight"]) != 0).any(dim=1).tolist()
+        skip = cfg.trainer.skip_zero_advantage and cfg.algorithm.loss.kl_coef == 0
         for chunk in chunks:
             index = [i for i, s in enumerate(samples) if s.group in set(chunk)]
             denoms.append(aggregation_denominator(cfg.algorithm.loss.agg, fields["token_weight"][index]))
+            if skip:  # after the denominator: the left-out groups add exactly 0 to the loss
+                index = contributing_samples(index, contributes, [s.group for s in samples], world)
+            trained += len(index)
             plan = plan_micro_batches(samples, world, cfg.trainer.micro_batch_tokens, index, cfg.trainer.packing)
             for r in range(world):
                 per_rank[r].append([build_micro_batch(samples, ix, cfg.trainer.packing).with_fields(**fields)
                                     for ix in plan[r]])
         refs = [t.train.remote(step, per_rank[r], cfg.algorithm.loss, denoms, cfg.rollout.max_tokens)
                 for r, t in enumerate(self.actors.trainers)]
-        return self.call(refs)[0]
+        return {**self.call(refs)[0], "train/trained_frac": trained / len(samples)}
 
     def sync_weights(self) -> None:
         """Rank 0 exports once; every engine loads the same object; hashes must match."""
         outs = [t.export_weights.options(num_returns=2).remote(WEIGHT_BUCKET_BYTES) for t in self.actors.trainers]
-        sent_hash = self.call([h for _, h in outs])[0]
         self.weights_ref = outs[0][0]
+        # Ray hands the engines rank 0's buckets as soon as they exist: no driver round trip in between
         loaded = self.call_rollouts([(w, "load_weights", (self.weights_ref,)) for w in self.actors.rollouts])
+        sent_hash = self.call([h for _, h in outs])[0]
         if any(h != sent_hash for h in loaded):
             raise RuntimeError(f"weight sync failed: trainer sent {sent_hash}, engines loaded {loaded}")
 

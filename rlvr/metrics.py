@@ -42,7 +42,7 @@ METRIC_KEYS = (
     "adv/zero_variance_group_frac", "policy/entropy", "policy/entropy_targeted",
     "schedule/percentile", "schedule/decay", "credit/targeted_frac", "credit/token_weight_mean",
     "loss/clip_frac_low", "loss/clip_frac_high", "loss/approx_kl", "train/loss", "train/grad_norm",
-    "train/lr", "time/generate", "time/verify", "time/stats", "time/credit", "time/train", "time/train_compute",
+    "train/lr", "train/trained_frac", "time/generate", "time/verify", "time/stats", "time/credit", "time/train", "time/train_compute",
     "time/sync", "time/step", "perf/tokens_per_s", "rollout/logprob_mismatch",
 )
 

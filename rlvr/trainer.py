@@ -53,7 +53,9 @@ def policy_sums(logprob: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor
 
 def policy_metrics(sums: Dict[str, float]) -> Dict[str, float]:
     """Token means from summed :data:`POLICY_SUMS`: entropy over all and over targeted tokens, and the mean
-    |rollout - trainer| log-prob gap (train/inference mismatch); a metric whose field was absent is left out."""
+    |rollout - trainer| log-prob gap (train/inference mismatch), over the tokens this step trained (with
+    ``trainer.skip_zero_advantage``, zero-variance groups are not among them); a metric whose field was
+    absent is left out."""
     out = {"policy/entropy": sums["entropy"] / max(sums["tokens"], 1.0)}
     if sums["targeted"]:
         out["policy/entropy_targeted"] = sums["entropy_targeted"] / sums["targeted"]

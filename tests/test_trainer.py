@@ -169,3 +169,53 @@ def test_stats_pass_only_when_something_ranks_by_the_policy():
     cfg = RLConfig(algorithm=AlgorithmConfig(credit=CreditConfig(criterion="position")))
     assert needs_policy_stats(cfg, {"entropy_adv_scale": 0.5})  # entropy-shaped advantage
     assert needs_policy_stats(RLConfig(trainer=TrainerConfig(updates_per_batch=2)), off)  # off-policy after the first update
+
+
+def test_contributing_samples_keeps_whole_informative_groups_and_balances_ranks():
+    from rlvr.batching import contributing_samples
+
+    group = [0, 0, 1, 1, 2, 2, 3, 3]
+    contributes = [False, False, True, False, False, False, False, True]
+    assert contributing_samples(range(8), contributes, group, 1) == [2, 3, 6, 7]
+    assert contributing_samples(range(8), contributes, group, 4) == [2, 3, 6, 7]
+    # 3 ranks: groups 1 and 3 give 4 samples; zero groups are added first to last until 6
+    assert contributing_samples(range(8), contributes, group, 3) == [0, 1, 2, 3, 6, 7]
+    # nothing informative: one group is still trained (AdamW steps on exact zero gradients)
+    assert contributing_samples(range(8), [False] * 8, group, 2) == [0, 1]
+    # a sub-range (one mini-batch); uneven groups; no even split reachable (3 over 2 ranks): everything
+    assert contributing_samples([4, 5, 6, 7], contributes, group, 2) == [6, 7]
+    assert contributing_samples(range(5), [False, False, False, False, True], [0, 0, 1, 1, 2], 2) == [0, 1, 2, 3, 4]
+    assert contributing_samples(range(5), [False, False, False, False, True], [0, 0, 1, 1, 2], 3) == [0, 1, 4]
+    assert contributing_samples(range(3), [False, False, True], [0, 0, 1], 2) == [0, 1, 2]
+
+
+def test_skipping_zero_advantage_groups_leaves_the_update_unchanged(ckpt):
+    """Train on every sample vs. only the groups with a non-zero advantage, same denominator:
+    same loss, grad norm and parameters (to float32 summation order)."""
+    from rlvr.batching import contributing_samples
+
+    samples = random_samples(16, group_size=4)
+    for s, r in zip(samples, [1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1]):
+        s.reward = float(r)  # groups 0 (all right) and 2 (all wrong) have zero variance
+    algo = AlgorithmConfig(group_size=4, credit=CreditConfig(criterion="none"))
+    values = {"percentile": 0.0, "decay": 1.0, "entropy_adv_scale": 0.0}
+    results = []
+    for skip in (False, True):
+        trainer = Trainer(ckpt, TrainerConfig(lr=LR, micro_batch_tokens=40))
+        fields = _fields(trainer.compute_stats([pack(samples, ix) for ix in plan_micro_batches(samples, 1, 40)[0]]),
+                         samples, algo, values)
+        fields.pop("old_logprob")
+        denom = aggregation_denominator(algo.loss.agg, fields["token_weight"])
+        index = list(range(len(samples)))
+        if skip:
+            contributes = ((fields["advantages"] * fields["token_weight"]) != 0).any(dim=1).tolist()
+            index = contributing_samples(index, contributes, [s.group for s in samples], 1)
+            assert index == list(range(4, 8)) + list(range(12, 16))
+        plan = plan_micro_batches(samples, 1, 40, index)[0]
+        m = trainer.train_step([[pack(samples, ix).with_fields(**fields) for ix in plan]], algo.loss, [denom], 16)
+        results.append((m, trainer.full_state_dict()))
+    (m_all, sd_all), (m_skip, sd_skip) = results
+    assert m_skip["train/loss"] == pytest.approx(m_all["train/loss"], rel=1e-5, abs=1e-8)
+    assert m_skip["train/grad_norm"] == pytest.approx(m_all["train/grad_norm"], rel=1e-5)
+    assert max(float((sd_all[k] - sd_skip[k]).abs().max()) for k in sd_all) <= 0.05 * LR
+    assert m_all["train/grad_norm"] > 0
