@@ -278,7 +278,7 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
     result = phase_medians(rows, warmup, SAMPLES)
     return {
         "step_s": result["step"], "samples_per_s": result["samples_per_s"], "wall_s": wall,
-        "phases": {p: result[p] for p in (*PHASES, "other")},
+        "phases": {p: result[p] for p in (*PHASES, "train_compute", "other")},  # train_compute: inside train
         "completion_len": statistics.mean(r["response/length_mean"] for r in rows),
         "trained_frac": statistics.mean(r["train/trained_frac"] for r in rows),
         "train_reward": statistics.mean(r["reward/mean"] for r in rows[warmup:]),
@@ -288,7 +288,8 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
 
 RUNNERS = {"trl": run_trl, "rlvr": run_rlvr,
            "rlvr_skip": lambda *a: run_rlvr(*a, skip_zero_advantage=True)}
-LABELS = {"trl": "TRL GRPOTrainer", "rlvr": "rlvr, every sample trained", "rlvr_skip": "rlvr, zero-variance groups skipped"}
+LABELS = {"trl": "TRL GRPOTrainer", "rlvr": "rlvr, every sample trained",
+          "rlvr_skip": "rlvr, zero-variance groups skipped"}
 
 
 # --------------------------------------------------------------------------- report

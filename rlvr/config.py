@@ -160,9 +160,10 @@ class RolloutConfig(PoolConfig):
     kv_cache_gb: float = 1.0  # CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
     tensor_parallel_size: int = 1  # GPUs per engine
     enforce_eager: bool = True  # skip graph capture (fast start; CPU needs it)
-    engine_in_process: bool = True  # vLLM's engine core in the actor's process: no IPC hop per call (CPU, small models)
-    return_logprobs: bool = True  # engine log-probs of the sampled tokens, for rollout/logprob_mismatch (~30% of a
-    # tiny model's CPU decode time goes to building them; off drops the metric, nothing else uses them)
+    engine_in_process: bool = True  # vLLM's engine core in the actor's process: no IPC hop per call (CPU)
+    num_threads: int = 0  # CPU engines: torch threads (0: the actor's num_cpus, at least 1)
+    return_logprobs: bool = True  # sampling log-probs, for rollout/logprob_mismatch only (a tiny model's CPU
+    # decode spends ~30% of its time building them; off drops the metric)
     seed: int = 0  # sampling seed of worker 0 (worker i uses seed + i)
 
 
@@ -183,8 +184,8 @@ class TrainerConfig(PoolConfig):
     grad_clip: float = 1.0  # max global grad norm (0 disables)
     updates_per_batch: int = 1  # optimizer steps per rollout batch (mini-batches); >1 makes ratios != 1
     micro_batch_tokens: int = 8192  # token budget of one forward/backward micro-batch
-    skip_zero_advantage: bool = True  # no forward/backward for groups whose advantage x token_weight is 0 everywhere
-    # (zero-variance groups): the same gradient, less compute; not with a KL term, which they still carry
+    skip_zero_advantage: bool = True  # no forward/backward for groups whose advantage x token_weight is 0
+    # everywhere (zero-variance groups): the same gradient, less compute; not with a KL term, which they still carry
     dtype: str = choice("float32", "float32", "bfloat16")  # compute dtype (master weights stay fp32)
     attn_implementation: str = choice("sdpa", "sdpa", "eager", "flash_attention_2")
     activation_checkpointing: bool = False  # recompute blocks in backward

