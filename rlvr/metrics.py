@@ -42,8 +42,8 @@ METRIC_KEYS = (
     "adv/zero_variance_group_frac", "policy/entropy", "policy/entropy_targeted",
     "schedule/percentile", "schedule/decay", "credit/targeted_frac", "credit/token_weight_mean",
     "loss/clip_frac_low", "loss/clip_frac_high", "loss/approx_kl", "train/loss", "train/grad_norm",
-    "train/lr", "train/trained_frac", "time/generate", "time/verify", "time/stats", "time/credit", "time/train", "time/train_compute",
-    "time/sync", "time/step", "perf/tokens_per_s", "rollout/logprob_mismatch",
+    "train/lr", "train/trained_frac", "time/generate", "time/verify", "time/stats", "time/credit", "time/train",
+    "time/train_compute", "time/sync", "time/step", "perf/tokens_per_s", "rollout/logprob_mismatch",
 )
 
 # (label, key, format) of the console line; "reward" is always printed (other tools grep for it).
