@@ -238,7 +238,7 @@ def run_trl(model_path: str, size: Size, steps: int, warmup: int, work_dir: str)
     gen_s = statistics.median(trainer.generate_s[warmup:])
     return {
         "step_s": step_s, "samples_per_s": SAMPLES / step_s, "wall_s": wall,
-        "phases": {"generate+score": gen_s, "train (fwd/bwd/step)": step_s - gen_s},
+        "phases": {"generate+score": gen_s, "train (fwd/bwd/step)": step_s - gen_s}, "trained_frac": 1.0,
         "completion_len": statistics.mean(h.get("completions/mean_length", float("nan")) for h in logs),
         "train_reward": statistics.mean(h["reward"] for h in logs[warmup:]),
         "accuracy_after": heldout_accuracy(trainer.model, model_path),
@@ -295,7 +295,7 @@ LABELS = {"trl": "TRL GRPOTrainer", "rlvr": "rlvr, every sample trained",
 # --------------------------------------------------------------------------- report
 def summarize(runs: List[Dict[str, Any]], before: float) -> Dict[str, Any]:
     keys = ("step_s", "samples_per_s", "wall_s", "completion_len", "train_reward", "accuracy_after", "trained_frac")
-    med = {k: statistics.median(r.get(k, 1.0) for r in runs) for k in keys}  # TRL trains every sample
+    med = {k: statistics.median(r[k] for r in runs) for k in keys}
     med["phases"] = {p: statistics.median(r["phases"][p] for r in runs) for p in runs[0]["phases"]}
     med["gain"] = med["accuracy_after"] - before
     return med

@@ -182,7 +182,8 @@ def contributing_samples(index: Sequence[int], contributes: Sequence[bool], grou
     for i in index:
         by_group.setdefault(group[i], []).append(i)
     keep = [g for g, rows in by_group.items() if any(contributes[i] for i in rows)]
-    spare = [g for g in by_group if g not in set(keep)]
+    informative = set(keep)
+    spare = [g for g in by_group if g not in informative]
     count = sum(len(by_group[g]) for g in keep)
     while (count % num_ranks or count < num_ranks) and spare:
         g = spare.pop(0)

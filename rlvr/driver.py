@@ -3,7 +3,8 @@
 One step, top to bottom (``RLLoop.step``):
   sample prompts -> generate (vLLM) -> verify the FULL response -> advantages
   -> scheduler broadcasts (step, percentile, decay) -> [old log-probs/entropy,
-  only when credit ranks by them or the batch takes several updates]
+  only when credit or the entropy-shaped advantage ranks by them, or the batch
+  takes several updates]
   -> token credit -> train (FSDP) -> sync weights to the engines.
 
 Design decisions:
@@ -170,17 +171,21 @@ class RLLoop:
     def train(self, step: int, samples: List[Sample], fields: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """Split into ``updates_per_batch`` mini-batches (whole groups), plan micro-batches, train every rank."""
         cfg, world = self.cfg, len(self.actors.trainers)
-        groups = sorted({s.group for s in samples})
+        group_of = [s.group for s in samples]
+        groups = sorted(set(group_of))
         chunks = [groups[j::cfg.trainer.updates_per_batch] for j in range(cfg.trainer.updates_per_batch)]
         per_rank: List[List] = [[] for _ in range(world)]
         denoms = []
-        trained, contributes = 0, ((fields["advantages"] * fields["token_weight"]) != 0).any(dim=1).tolist()
+        trained = 0
         skip = cfg.trainer.skip_zero_advantage and cfg.algorithm.loss.kl_coef == 0
+        if skip:
+            contributes = ((fields["advantages"] * fields["token_weight"]) != 0).any(dim=1).tolist()
         for chunk in chunks:
-            index = [i for i, s in enumerate(samples) if s.group in set(chunk)]
+            in_chunk = set(chunk)
+            index = [i for i, g in enumerate(group_of) if g in in_chunk]
             denoms.append(aggregation_denominator(cfg.algorithm.loss.agg, fields["token_weight"][index]))
             if skip:  # after the denominator: the left-out groups add exactly 0 to the loss
-                index = contributing_samples(index, contributes, [s.group for s in samples], world)
+                index = contributing_samples(index, contributes, group_of, world)
             trained += len(index)
             plan = plan_micro_batches(samples, world, cfg.trainer.micro_batch_tokens, index, cfg.trainer.packing)
             for r in range(world):

@@ -45,9 +45,11 @@ def policy_sums(logprob: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor
     m = mask.to(torch.float64)
     ent = entropy.to(torch.float64) * m
     targeted = fields.get("targeted", torch.zeros_like(m)).to(torch.float64) * m
-    has_rollout = "rollout_logprob" in fields
-    gap = (fields["rollout_logprob"].to(torch.float64) - logprob.to(torch.float64)).abs() * m if has_rollout else m * 0
-    sums = [m.sum(), ent.sum(), targeted.sum(), (ent * targeted).sum(), m.sum() * has_rollout, gap.sum()]
+    rollout_tokens, gap = m.new_zeros(()), m.new_zeros(())
+    if "rollout_logprob" in fields:
+        rollout_tokens = m.sum()
+        gap = ((fields["rollout_logprob"].to(torch.float64) - logprob.to(torch.float64)).abs() * m).sum()
+    sums = [m.sum(), ent.sum(), targeted.sum(), (ent * targeted).sum(), rollout_tokens, gap]
     return torch.stack(sums).cpu()
 
 
@@ -143,7 +145,7 @@ class Trainer:
         sums: List[float] = []
         loss_total, weight_total, policy = 0.0, 0.0, torch.zeros(len(POLICY_SUMS), dtype=torch.float64)
         for mb in micro_batches:
-            loss, loss_metrics, policy_sums = self.forward_loss(mb, loss_cfg, denom, norm_len)
+            loss, loss_metrics, mb_sums = self.forward_loss(mb, loss_cfg, denom, norm_len)
             self.backward(loss)
             w = float(mb.fields["token_weight"].sum())
             if not names:
@@ -151,7 +153,7 @@ class Trainer:
             sums = [acc + loss_metrics[k] * w for acc, k in zip(sums, names)]
             loss_total += float(loss.detach())
             weight_total += w
-            policy += policy_sums
+            policy += mb_sums
         totals = torch.cat([torch.tensor([loss_total, weight_total, *sums], dtype=torch.float64), policy])
         if self.mesh is not None:
             totals = totals.to(self.device)
