@@ -1,6 +1,6 @@
 """RL step phases: where one step of the real loop spends its time.
 
-Runs a config (default: the CPU quickstart) for ``--steps`` steps through ``rlvr.run.run`` -- Ray,
+Runs a config (default: the CPU quickstart) for ``--steps`` steps through ``rlvr.loop.run.run`` -- Ray,
 the vLLM rollout worker, the reward pool, the FSDP2 trainers, the scheduler, exactly as
 ``rlvr train`` -- then reads the per-step ``time/*`` metrics the driver writes to
 ``run_dir/metrics.jsonl`` and reports, per phase, the median seconds over the steps after
@@ -62,8 +62,8 @@ def main(argv: List[str]) -> int:
         p.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
 
     from rlvr.config import load_config
-    from rlvr.metrics import read_metrics
-    from rlvr.run import run
+    from rlvr.loop.metrics import read_metrics
+    from rlvr.loop.run import run
 
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="rlvr-step-bench-")
     cfg = load_config([args.config], [f"schedule.total_steps={args.steps}", f"logging.run_dir={run_dir}",

@@ -45,9 +45,10 @@ from typing import Dict, List, Optional
 import torch
 
 from rlvr.algo.losses import aggregation_denominator
-from rlvr.batching import Sample, build_micro_batch, pad_responses, plan_micro_batches
+from rlvr.rollout.sample import Sample
+from rlvr.train.batching import build_micro_batch, pad_responses, plan_micro_batches
 from rlvr.config import LossConfig, TrainerConfig
-from rlvr.trainer import Trainer
+from rlvr.train.trainer import Trainer
 
 QWEN = dict(vocab_size=151936, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6,
             rms_norm_eps=1e-6, max_position_embeddings=32768)
@@ -124,7 +125,7 @@ def setup_distributed(device: str):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if "WORLD_SIZE" not in os.environ:
         return None, 0, 1, device
-    from rlvr.parallel import init_distributed
+    from rlvr.train.parallel import init_distributed
 
     rank = int(os.environ["RANK"])
     backend = "nccl" if device.startswith("cuda") else "gloo"

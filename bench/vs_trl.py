@@ -13,7 +13,7 @@ checkpoint, with the same algorithm:
   (``credit.criterion=none``), i.e. plain GRPO.
 * TRL: ``GRPOTrainer`` in this process, ``use_cpu=True``, no vLLM (``transformers.generate``),
   ``--threads`` torch threads (default: every core, the machine rlvr gets).
-  rlvr: ``rlvr.run.run`` -- Ray, one vLLM rollout worker (OpenMP on every core while it generates),
+  rlvr: ``rlvr.loop.run.run`` -- Ray, one vLLM rollout worker (OpenMP on every core while it generates),
   the reward pool, 2 FSDP2 trainer ranks of one thread each -- from ``configs/quickstart_cpu.yaml``,
   with padded micro-batches of up to 16k tokens, i.e. one per rank, and no sampling log-probs
   (TRL computes none; rlvr's feed only a metric).  Two rlvr rows: ``rlvr`` trains every sample,
@@ -101,7 +101,7 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- models
 def model_for(size: Size) -> str:
     from rlvr.config import ModelConfig
-    from rlvr.tiny_model import ensure_model
+    from rlvr.train.tiny_model import ensure_model
 
     return ensure_model(ModelConfig()) if not size.tiny else build_compute_model(size)
 
@@ -117,10 +117,10 @@ def build_compute_model(size: Size, cache_dir: str = "~/.cache/rlvr/models") -> 
 
     from rlvr.config import TinyModelConfig
     from rlvr.data import generate_arithmetic
-    from rlvr.tiny_model import BUILD_VERSION, build_model, build_tokenizer
+    from rlvr.train.tiny_model import BUILD_VERSION, build_model, build_tokenizer
 
     spec = {"tiny": size.tiny, "steps": size.warmstart_steps, "filler": FILLER, "version": 1,
-            "tiny_model_build": BUILD_VERSION}  # the tokenizer comes from rlvr.tiny_model
+            "tiny_model_build": BUILD_VERSION}  # the tokenizer comes from rlvr.train.tiny_model
     final = os.path.join(os.path.expanduser(cache_dir), "bench-" + hashlib.sha256(
         json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12])
     if os.path.isfile(os.path.join(final, "config.json")):
@@ -164,7 +164,7 @@ def heldout_accuracy(model_or_path: Any, tokenizer_path: str) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlvr.config import DatasetConfig
-    from rlvr.tiny_model import greedy_accuracy, heldout_prompts
+    from rlvr.train.tiny_model import greedy_accuracy, heldout_prompts
 
     model = (AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32)
              if isinstance(model_or_path, str) else model_or_path)
@@ -250,11 +250,11 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
              skip_zero_advantage: bool = False) -> Dict[str, Any]:
     from step_bench import PHASES, phase_medians
 
-    from rlvr.checkpoint import latest
+    from rlvr.loop.checkpoint import latest
     from rlvr.config import load_config
-    from rlvr.evaluate import consolidate
-    from rlvr.metrics import read_metrics
-    from rlvr.run import run
+    from rlvr.tools.evaluate import consolidate
+    from rlvr.loop.metrics import read_metrics
+    from rlvr.loop.run import run
 
     cfg = load_config([os.path.join(ROOT, "configs", "quickstart_cpu.yaml")], [
         f"model.path={model_path}", f"logging.run_dir={work_dir}", "logging.tensorboard=false",

@@ -2,7 +2,7 @@
 
     rlvr submit CONFIG.yaml [CONFIG2.yaml ...] [key=value ...] --address http://HEAD:8265
 
-This is `ray job submit --working-dir . -- python -m rlvr.cli train CONFIG... key=value...`
+This is `ray job submit --working-dir . -- python -m launch.cli train CONFIG... key=value...`
 with the parts that make it safe to use for training runs:
 
 * the configs and overrides are validated here first with :func:`rlvr.config.load_config`,
@@ -11,7 +11,7 @@ with the parts that make it safe to use for training runs:
 * the working directory (configs included; they must lie inside it) is uploaded with
   ``excludes`` for run outputs, caches, VCS data, the cluster token and any file larger
   than ``--max-file-mib``;
-* the entrypoint is ``python -m rlvr.cli train``, so the uploaded code (first on the job's
+* the entrypoint is ``python -m launch.cli train``, so the uploaded code (first on the job's
   ``sys.path``) runs rather than whichever ``rlvr`` happens to be installed on the head;
 * the Ray auth token is sent as ``Authorization: Bearer`` (Ray >= 2.52 token auth; the
   dashboard's job API is otherwise remote code execution, CVE-2023-48022). It is looked up
@@ -114,7 +114,7 @@ def relative_configs(configs: Sequence[str], working_dir: Path) -> list[str]:
 
 
 def build_entrypoint(configs: Sequence[str], overrides: Sequence[str]) -> str:
-    return shlex.join(["python", "-m", "rlvr.cli", "train", *configs, *overrides])
+    return shlex.join(["python", "-m", "launch.cli", "train", *configs, *overrides])
 
 
 def large_files(working_dir: Path, excludes: Sequence[str], limit_bytes: int) -> list[str]:

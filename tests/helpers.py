@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from rlvr.batching import Sample
+from rlvr.rollout.sample import Sample
 
 
 def tiny_checkpoint(path: str, vocab: int = 32, seed: int = 0) -> str:

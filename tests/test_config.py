@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import pytest
 
-from rlvr.config import ConfigError, load_config
+from rlvr.config import ConfigError, RLConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -94,3 +95,36 @@ def test_config_imports_without_torch_ray_or_vllm():
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# Numeric fields with no range of their own, and why.
+UNBOUNDED = {
+    "seed": "any integer seeds the run",
+    "rollout.seed": "any integer seeds sampling",
+    "data.train.synthetic_seed": "any integer seeds the generator",
+    "data.eval.synthetic_seed": "any integer seeds the generator",
+    "model.tiny.seed": "any integer seeds the initialisation",
+}
+CROSS_CHECKED = ("schedule.", "algorithm.overlong.")  # magnitude/end, overlong: ranges span fields
+
+
+def _numeric_fields(cls, prefix=""):
+    for f in fields(cls):
+        kind = str(f.type)
+        if is_dataclass(f.default_factory() if callable(f.default_factory) else None):
+            yield from _numeric_fields(type(f.default_factory()), f"{prefix}{f.name}.")
+        elif kind.replace("Optional[", "").rstrip("]") in ("int", "float"):
+            yield f"{prefix}{f.name}", f
+
+
+def test_every_numeric_field_declares_its_range():
+    missing = [key for key, f in _numeric_fields(RLConfig)
+               if "range" not in f.metadata and key not in UNBOUNDED and not key.startswith(CROSS_CHECKED)]
+    assert not missing, f"give these fields a bounded(...) range (or list them in UNBOUNDED): {missing}"
+
+
+def test_cluster_configs_load_without_their_cluster_paths():
+    path = str(ROOT / "configs/cluster_small.yaml")
+    assert load_config([path]).model.path.startswith("/mnt/")  # rlvr submit validates on a laptop
+    with pytest.raises(ConfigError, match=r"^model.path: directory not found: /mnt/"):
+        load_config([path], check_paths=True)  # rlvr train / eval run where the paths must exist

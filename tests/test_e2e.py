@@ -22,7 +22,7 @@ VOLATILE = ("time/", "perf/")  # wall-clock metrics differ between runs by natur
 
 
 def _train(run_dir, *overrides, timeout=1200):
-    cmd = [sys.executable, "-m", "rlvr.cli", "train", "configs/quickstart_cpu.yaml",
+    cmd = [sys.executable, "-m", "launch.cli", "train", "configs/quickstart_cpu.yaml",
            f"logging.run_dir={run_dir}", f"schedule.total_steps={STEPS}", "logging.progress=false", *overrides]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
@@ -30,11 +30,9 @@ def _train(run_dir, *overrides, timeout=1200):
 
 
 def _metrics(run_dir):
-    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    merged = {}
-    for r in rows:
-        merged.setdefault(r["step"], {}).update(r)
-    return merged
+    from rlvr.loop.metrics import merge_steps, read_metrics
+
+    return {row["step"]: row for row in merge_steps(read_metrics(os.path.join(run_dir, "metrics.jsonl")))}
 
 
 def _params(ckpt_dir):
@@ -78,7 +76,7 @@ def test_resume_in_a_new_process_continues_exactly(quickstart, tmp_path):
 
 def test_report_and_tensorboard_show_every_curve(quickstart, tmp_path):
     run_dir, _ = quickstart
-    out = subprocess.run([sys.executable, "-m", "rlvr.cli", "report", run_dir, "--out", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "launch.cli", "report", run_dir, "--out", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     png = tmp_path / "report.png"
@@ -100,7 +98,7 @@ def test_report_and_tensorboard_show_every_curve(quickstart, tmp_path):
 
 def test_killed_driver_leaves_a_usable_checkpoint(tmp_path):
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "rlvr.cli", "train", "configs/quickstart_cpu.yaml", f"logging.run_dir={run_dir}",
+    cmd = [sys.executable, "-m", "launch.cli", "train", "configs/quickstart_cpu.yaml", f"logging.run_dir={run_dir}",
            "schedule.total_steps=500", "checkpoint.every=1", "checkpoint.keep=2", "eval.num_prompts=8",
            "logging.progress=false"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -115,7 +113,7 @@ def test_killed_driver_leaves_a_usable_checkpoint(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait(timeout=60)
     assert seen >= 2
-    from rlvr import checkpoint
+    from rlvr.loop import checkpoint
 
     latest = checkpoint.latest(str(run_dir))
     state = checkpoint.read_driver_state(latest)

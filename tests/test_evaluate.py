@@ -8,8 +8,11 @@ import math
 
 import pytest
 
-from rlvr import evaluate
-from rlvr.evaluate import EvalInputError, mean_at_k, pass_at_k, run_eval, summarize
+from launch import eval as eval_cmd
+from rlvr.loop.checkpoint import resolve_checkpoint
+from rlvr.tools import evaluate
+from rlvr.tools.evaluate import EvalInputError, run_eval
+from rlvr.tools.passk import mean_at_k, pass_at_k, summarize
 
 
 def brute_pass_at_k(n, c, k):
@@ -163,14 +166,14 @@ def write_gsm8k(path, bad_row=None):
 def test_cli_fail_on_bad_row_names_file_row_field_and_keeps_samples(tmp_path, monkeypatch, capsys):
     data = tmp_path / "gsm8k.jsonl"
     write_gsm8k(data, bad_row=3)
-    monkeypatch.setattr(evaluate, "_build_backends",
+    monkeypatch.setattr(eval_cmd, "_build_backends",
                         lambda cfg, ckpt: (lambda texts, n: [[t[1:]] * n for t in texts], Fakes().score))
-    monkeypatch.setattr(evaluate, "_shutdown_ray", lambda: None)
+    monkeypatch.setattr(eval_cmd, "_shutdown_ray", lambda: None)
     out = tmp_path / "out"
     argv = ["eval", "ckpt", "--data", str(data), "--adapter", "gsm8k", "--n", "2", "--k", "1,2",
             "--out", str(out), "--chunk", "1", "eval.temperature=1.0",
             "data.on_bad_row=fail", "logging.progress=false"]
-    from rlvr.cli import main as cli
+    from launch.cli import main as cli
 
     assert cli(argv) == 2
     err = capsys.readouterr().err
@@ -190,10 +193,10 @@ def test_cli_rejects_a_checkpoint_that_is_not_a_model(tmp_path, capsys):
     write_gsm8k(data)
     (tmp_path / "empty").mkdir()
     argv = [str(tmp_path / "empty"), "--data", str(data), "--adapter", "gsm8k", "--limit", "2"]
-    assert evaluate.main(argv) == 2
+    assert eval_cmd.main(argv) == 2
     assert "neither an HF model directory (config.json) nor an rlvr checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        evaluate.parse_args(["ckpt", "--data", "x", "--adapter", "gsm8k", "--n", "2", "--k", "1,4"])
+        eval_cmd.parse_args(["ckpt", "--data", "x", "--adapter", "gsm8k", "--n", "2", "--k", "1,4"])
 
 
 # --------------------------------------------------------------------------- backends
@@ -205,7 +208,7 @@ class FakeWorker:
         self.generate = self  # worker.generate.remote(...)
 
     def remote(self, prompt_ids, n, temperature, seeds):
-        from rlvr.batching import Sample
+        from rlvr.rollout.sample import Sample
 
         self.calls.append((len(prompt_ids), n, temperature))
         return [Sample(prompt_ids=p, response_ids=[], rollout_logprob=[], text=f"{p}|{seed}|{j}")
@@ -222,7 +225,9 @@ def engine_generate(workers, chunks, texts, n=2, max_model_len=12, max_tokens=4)
 
     cfg = load_config([], [f"rollout.max_model_len={max_model_len}", f"rollout.max_tokens={max_tokens}",
                            "eval.temperature=1.0", "seed=3"])
-    gen = evaluate.EngineGenerate(cfg, CharTokenizer(), workers)
+    from rlvr.loop.groups import RolloutGroup
+
+    gen = evaluate.EngineGenerate(cfg, CharTokenizer(), RolloutGroup(workers))
     out, start = [], 0
     for size in chunks:
         out += gen(texts[start:start + size], n)
@@ -231,6 +236,8 @@ def engine_generate(workers, chunks, texts, n=2, max_model_len=12, max_tokens=4)
 
 
 def test_engine_generate_seeds_by_prompt_index_and_keeps_order(monkeypatch):
+    from rlvr.rollout.engine import EVAL_STREAM, request_seeds
+
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(ray, "get", lambda ref: ref)
     texts = [f"q{i}" for i in range(7)] + ["a-much-longer-prompt"]
@@ -241,7 +248,7 @@ def test_engine_generate_seeds_by_prompt_index_and_keeps_order(monkeypatch):
     assert one == three
     assert [len(w) for w in one] == [2] * 8
     seeds = [int(r[0].split("|")[1]) for r in one]
-    assert seeds == [evaluate.request_seed(3, i) for i in range(8)] and len(set(seeds)) == 8
+    assert seeds == request_seeds(3, EVAL_STREAM, 8) and len(set(seeds)) == 8
     assert [r[1].split("|")[2] for r in one] == ["1"] * 8
     assert one[0][0].startswith(str([ord(c) for c in "q0"]))
     # prompts beyond max_model_len - max_tokens = 8 tokens keep their last 8
@@ -250,12 +257,13 @@ def test_engine_generate_seeds_by_prompt_index_and_keeps_order(monkeypatch):
 
 
 def test_engine_generate_needs_room_for_a_prompt():
-    with pytest.raises(ValueError, match="leaves no room for a prompt"):
+    with pytest.raises(ValueError, match="so that a prompt fits beside the response"):
         engine_generate([FakeWorker()], [1], ["q"], max_model_len=8, max_tokens=8)
 
 
 TINY = ["model.path=tiny", "model.tiny.hidden_size=64", "model.tiny.num_heads=2", "model.tiny.num_kv_heads=1",
-        "model.tiny.num_layers=1", "model.tiny.intermediate_size=96", "model.tiny.max_position=64"]
+        "model.tiny.num_layers=1", "model.tiny.intermediate_size=96", "model.tiny.max_position=64",
+        "rollout.max_model_len=64"]
 
 
 @pytest.mark.parametrize("base_kind", ["hf_dir", "tiny"])
@@ -264,10 +272,10 @@ def test_consolidate_rlvr_checkpoint_into_hf_dir(tmp_path, base_kind):
     import torch
     from safetensors.torch import load_file
 
-    from rlvr import checkpoint
+    from rlvr.loop import checkpoint
     from rlvr.config import TrainerConfig, load_config, to_yaml
-    from rlvr.tiny_model import build_model, build_tokenizer
-    from rlvr.trainer import Trainer
+    from rlvr.train.tiny_model import build_model, build_tokenizer
+    from rlvr.train.trainer import Trainer
     from tests.helpers import tiny_checkpoint
 
     base = str(tmp_path / "base")
@@ -287,7 +295,7 @@ def test_consolidate_rlvr_checkpoint_into_hf_dir(tmp_path, base_kind):
     trainer.save(tmp)
     path = checkpoint.commit(tmp, {"step": 7, "config": to_yaml(cfg)}, keep=2)
 
-    hf = evaluate.resolve_checkpoint(path, None)
+    hf = resolve_checkpoint(path, None)
     assert hf == f"{path}/hf"
     weights = load_file(f"{hf}/model.safetensors")
     tied = {"lm_head.weight"} if base_kind == "tiny" else set()
@@ -295,8 +303,8 @@ def test_consolidate_rlvr_checkpoint_into_hf_dir(tmp_path, base_kind):
     assert all(torch.equal(weights[k], expected[k]) for k in weights)
     assert not torch.equal(weights["model.norm.weight"], load_file(f"{base}/model.safetensors")["model.norm.weight"])
     assert (tmp_path / "run/checkpoints/step_000007/hf/tokenizer.json").is_file()
-    assert evaluate.resolve_checkpoint(path, None) == hf  # built once, then reused
-    assert evaluate.resolve_checkpoint(base, None) == base
+    assert resolve_checkpoint(path, None) == hf  # built once, then reused
+    assert resolve_checkpoint(base, None) == base
 
 
 # --------------------------------------------------------------------------- end to end (Ray + vLLM)
@@ -315,7 +323,7 @@ def test_cli_evaluates_an_hf_dir_through_rollout_workers_and_reward_pool(tmp_pat
             "--chunk", "4", "--out", str(out), "eval.temperature=1.0", "rollout.max_model_len=128",
             "rollout.max_tokens=4", "rollout.num_cpus=0.5", "verifier.num_workers=1", "verifier.num_cpus=0.5",
             "cluster.num_cpus=2", "logging.progress=false"]
-    from rlvr.cli import main as cli
+    from launch.cli import main as cli
 
     assert cli(argv) == 0
     captured = capsys.readouterr()

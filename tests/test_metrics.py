@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from rlvr.config import LoggingConfig
-from rlvr.metrics import MetricsLogger, format_line, merge_steps, read_metrics
-from rlvr.progress import progress
+from rlvr.loop.metrics import MetricsLogger, format_line, merge_steps, read_metrics
+from rlvr.loop.progress import progress
 
 JSONL_ONLY = LoggingConfig(tensorboard=False, wandb=False, mlflow=False, progress=False)
 
@@ -72,7 +72,7 @@ def _tb_scalars(tb_dir, key):
 
 def test_tensorboard_skips_non_finite_warns_once_and_purges_on_resume(tmp_path, caplog):
     cfg = LoggingConfig(tensorboard=True)
-    with caplog.at_level(logging.WARNING, logger="rlvr.metrics"):
+    with caplog.at_level(logging.WARNING, logger="rlvr.loop.metrics"):
         with MetricsLogger(cfg, str(tmp_path), {"name": "t"}) as logger:
             for step in range(4):
                 logger.log(step, {"reward/mean": step / 4, "policy/entropy": float("nan")})

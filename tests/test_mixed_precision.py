@@ -1,6 +1,6 @@
 """``trainer.dtype=bfloat16``: bf16 compute, fp32 master weights, and a run that tracks fp32.
 
-Both paths are checked: unsharded (``mesh=None``: autocast, see :mod:`rlvr.parallel`)
+Both paths are checked: unsharded (``mesh=None``: autocast, see :mod:`rlvr.train.parallel`)
 and FSDP2 with ``MixedPrecisionPolicy`` on a 1-rank gloo group in this process.
 
 Setup: the tiny checkpoint, 16 random ragged samples, fixed advantages and fixed
@@ -30,18 +30,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from helpers import random_samples, tiny_checkpoint
-from rlvr.batching import build_micro_batch, pad_responses, plan_micro_batches
+from helpers import random_samples
+from rlvr.train.batching import build_micro_batch, pad_responses, plan_micro_batches
 from rlvr.config import LossConfig, TrainerConfig
-from rlvr.trainer import Trainer
+from rlvr.train.trainer import Trainer
 
 LR, STEPS, BUDGET = 1e-4, 20, 48
 LOSS_TOL, DELTA_TOL = 2e-3, 0.1
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture(scope="module")

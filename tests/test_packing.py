@@ -23,17 +23,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from helpers import random_samples, tiny_checkpoint
-from rlvr.batching import build_micro_batch, micro_batch_tokens, pack, pad, pad_responses, plan_micro_batches
+from helpers import random_samples
+from rlvr.train.batching import build_micro_batch, micro_batch_tokens, pack, pad, pad_responses, plan_micro_batches
 from rlvr.config import LossConfig, TrainerConfig
-from rlvr.trainer import Trainer
+from rlvr.train.trainer import Trainer
 
 STAT_TOL, LOSS_TOL, GRAD_RTOL = 1e-5, 1e-6, 1e-5
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from rlvr.cli import main as cli
-from rlvr.report import PANELS
+from launch.cli import main as cli
+from rlvr.tools.report import PANELS
 
 FULL_KEYS = [k for _, _, keys in PANELS.values() for k in keys]
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlvr import rollout
+from rlvr.rollout import vllm_engine as rollout
 from rlvr.config import RolloutConfig
 
 

@@ -26,7 +26,8 @@ def logistic(x, k):
 CLOSED_FORMS = {
     "constant": lambda p, c: 0.0,
     "linear": lambda p, c: p,
-    "gamma": lambda p, c: p ** c.gamma,
+    # authors' (m (1 - p)) ** gamma relative to end: m + (end - m) f = end + (|m - end| (1 - p)) ** gamma
+    "gamma": lambda p, c: 1 - abs(c.magnitude - c.end) ** (c.gamma - 1) * (1 - p) ** c.gamma,
     "cosine": lambda p, c: (1 - math.cos(math.pi * p)) / 2,
     "sigmoid": lambda p, c: (logistic(p, c.sharpness) - logistic(0, c.sharpness))
     / (logistic(1, c.sharpness) - logistic(0, c.sharpness)),
@@ -49,16 +50,18 @@ def test_each_kind_matches_closed_form(kind, step, p):
 @pytest.mark.parametrize("kind", sorted(CLOSED_FORMS))
 def test_window_edges_hit_magnitude_and_end(kind):
     c = cfg(kind)
-    assert schedule_value(c, 20, T) == pytest.approx(0.9, abs=1e-12)  # start edge: f(0) = 0
+    # start edge: f(0) = 0, but gamma starts at end + (magnitude - end) ** gamma (the authors' curve)
+    expected_start = 0.1 + 0.8 ** 2 if kind == "gamma" else 0.9
+    assert schedule_value(c, 20, T) == pytest.approx(expected_start, abs=1e-12)
     expected_end = 0.9 if kind == "constant" else 0.1
     assert schedule_value(c, 60, T) == pytest.approx(expected_end, abs=1e-12)  # end edge: f(1) = 1
 
 
 def test_hand_computed_middles():
-    # linear at p=0.5 is halfway; cosine too by symmetry; gamma=2 at p=0.5 is a quarter of the way
+    # linear at p=0.5 is halfway; cosine too by symmetry; gamma=2 at p=0.5: 0.1 + (0.8 * 0.5) ** 2
     assert schedule_value(cfg("linear"), 40, T) == pytest.approx(0.5)
     assert schedule_value(cfg("cosine"), 40, T) == pytest.approx(0.5)
-    assert schedule_value(cfg("gamma", gamma=2.0), 40, T) == pytest.approx(0.9 - 0.8 * 0.25)
+    assert schedule_value(cfg("gamma", gamma=2.0), 40, T) == pytest.approx(0.26)
     assert schedule_value(cfg("sigmoid"), 40, T) == pytest.approx(0.5)
     # step with 4 plateaus: p=0.3 -> floor(1.2)/4 = 0.25
     assert schedule_value(cfg("step", num_steps=4), 32, T) == pytest.approx(0.9 - 0.8 * 0.25)
@@ -70,6 +73,42 @@ def test_paper_default_linear_099_to_0_over_80_percent():
     for step, expected in [(0, 0.99), (100, 0.99 * 0.75), (200, 0.99 * 0.5), (300, 0.99 * 0.25),
                            (399, 0.99 * (1 - 399 / 400)), (400, 0.0), (450, 0.0), (500, 0.0)]:
         assert schedule_value(c, step, total) == pytest.approx(expected, abs=1e-12), step
+
+
+# The authors' _prefix_curriculum (verl/trainer/ppo/ray_trainer.py, RLVR-Schedule) with
+# initial_schedule_magnitude m = 0.99, window 0 .. 0.8 of T = 100 (p = step / 80), end 0, evaluated
+# by hand at our steps 0/20/40/60/80/100 (p = 0, 0.25, 0.5, 0.75, 1, 1); s(x) = 1 / (1 + exp(8 (x - 0.5))).
+AUTHORS_VALUES = {
+    # linear_ratio: m (1 - p)
+    "linear": [0.99, 0.7425, 0.495, 0.2475, 0.0, 0.0],
+    # gamma_ratio, gamma = 2: (m (1 - p)) ** 2 = 0.9801, 0.7425**2, 0.495**2, 0.2475**2
+    "gamma": [0.9801, 0.55130625, 0.245025, 0.06125625, 0.0, 0.0],
+    # sigmoid_ratio, k = 8: m (s(p) - s(1)) / (s(0) - s(1)); at p = 0.25:
+    # s = 1/(1+e^-2) = 0.8807971, s(1) = 1/(1+e^4) = 0.0179862, s(0) = 0.9820138 -> 0.99 * 0.8950124
+    "sigmoid": [0.99, 0.8860563504505283, 0.495, 0.10394364954947144, 0.0, 0.0],
+    # ours, no authors' counterpart: cosine m (1 + cos(pi p)) / 2; step (4 plateaus) m (1 - floor(4 p) / 4)
+    "cosine": [0.99, 0.845017856687341, 0.495, 0.14498214331265902, 0.0, 0.0],
+    "step": [0.99, 0.7425, 0.495, 0.2475, 0.0, 0.0],
+    "constant": [0.99] * 6,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(AUTHORS_VALUES))
+def test_pinned_values_of_the_authors_formulas(kind):
+    c = ScheduleConfig(kind=kind, magnitude=0.99, end=0.0, start_ratio=0.0, end_ratio=0.8)
+    assert c.gamma == 2.0 and c.sharpness == 8.0  # the authors' defaults (gamma_ratio 2.0, k = 8.0)
+    got = [schedule_value(c, step, T) for step in (0, 20, 40, 60, 80, 100)]
+    assert got == pytest.approx(AUTHORS_VALUES[kind], abs=1e-12)
+
+
+def test_gamma_is_convex_below_linear():
+    # the old ramp m + (end - m) p ** gamma gave 0.990/0.928/0.743/0.433 at steps 0/20/40/60: concave
+    c = ScheduleConfig(kind="gamma", magnitude=0.99, end=0.0, end_ratio=0.8)
+    lin = ScheduleConfig(kind="linear", magnitude=0.99, end=0.0, end_ratio=0.8)
+    for step in range(1, 80):
+        assert schedule_value(c, step, T) < schedule_value(lin, step, T)
+    # the authors' global step is ours + 1: their (0.99 * (1 - 21/80)) ** 2 is our step 21
+    assert schedule_value(c, 21, T) == pytest.approx(0.5330825156250001, abs=1e-12)
 
 
 def test_zero_width_window_is_a_jump():

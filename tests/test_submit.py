@@ -3,7 +3,7 @@
 The slow tests start `ray start --head --num-cpus 2 --port 0` on loopback only (dashboard on
 127.0.0.1, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` keeps the GCS and raylet off the routable
 address too) with Ray token authentication on and a token of their own in a temp dir (the
-shared ~/.ray/auth_token is never read or written), submit through `python -m rlvr.cli submit`
+shared ~/.ray/auth_token is never read or written), submit through `python -m launch.cli submit`
 exactly as a user does, and stop only the processes they started.
 """
 
@@ -86,7 +86,7 @@ def test_dry_run_builds_the_job(tmp_path, capsys, monkeypatch):
                       "--env", "FOO=bar", "--pip", "einops==0.8.1"])
     assert rc == 0
     job = json.loads(capsys.readouterr().out)
-    assert job["entrypoint"] == "python -m rlvr.cli train configs/a.yaml trainer.lr=0.1 resume=/ckpt/step_10"
+    assert job["entrypoint"] == "python -m launch.cli train configs/a.yaml trainer.lr=0.1 resume=/ckpt/step_10"
     assert job["submission_id"].startswith("rlvr-demo-")
     env = job["runtime_env"]
     assert env["working_dir"] == str(root)
@@ -205,7 +205,7 @@ def _run_dir(token_file: Path) -> str:
 
 
 def _rlvr_submit(url: str, token_file: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "rlvr.cli", "submit", *args, "--address", url, "--token-file", str(token_file)]
+    cmd = [sys.executable, "-m", "launch.cli", "submit", *args, "--address", url, "--token-file", str(token_file)]
     return subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=timeout, check=False)
 
 

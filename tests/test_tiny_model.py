@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlvr.config import DataSection, DatasetConfig, ModelConfig, TinyModelConfig
 from rlvr.data import format_prompt, generate_arithmetic
-from rlvr.tiny_model import (
+from rlvr.train.tiny_model import (
     BUILD_INFO,
     EOS,
     PAD,
@@ -180,11 +180,11 @@ def test_default_warm_start_is_in_the_designed_band(tmp_path):
 # --------------------------------------------------------------------------- ensure_model
 def test_ensure_model_builds_once_then_reuses(tmp_path, caplog):
     cfg = ModelConfig(path="tiny", cache_dir=str(tmp_path / "cache"), tiny=SMALL)
-    with caplog.at_level(logging.INFO, logger="rlvr.tiny_model"):
+    with caplog.at_level(logging.INFO, logger="rlvr.train.tiny_model"):
         first = ensure_model(cfg)
         second = ensure_model(cfg)
     assert first == second == str(tmp_path / "cache" / cache_key(SMALL, MAX_OPERAND))
-    messages = [r.getMessage() for r in caplog.records if r.name == "rlvr.tiny_model"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "rlvr.train.tiny_model"]
     assert "built" in messages[0] and "reusing" in messages[-1]
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [Path(first).name]  # no temp dir left behind
     assert ensure_model(ModelConfig(path=first)) == first

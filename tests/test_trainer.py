@@ -7,20 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import random_samples, tiny_checkpoint
-from rlvr.algo.advantages import get_advantage_fn
+from helpers import random_samples
+from rlvr.algo.advantages import ADVANTAGES
 from rlvr.algo.losses import aggregation_denominator
-from rlvr.batching import pack, pad_responses, plan_micro_batches
+from rlvr.train.batching import pack, pad_responses, plan_micro_batches
 from rlvr.config import AlgorithmConfig, CreditConfig, LossConfig, TrainerConfig
-from rlvr.driver import assign_credit
-from rlvr.trainer import Trainer
+from rlvr.loop.step import assign_credit
+from rlvr.train.trainer import Trainer
 
 LR = 1e-3
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 def _fields(trainer_or_stats, samples, algo: AlgorithmConfig, values):
@@ -31,7 +26,7 @@ def _fields(trainer_or_stats, samples, algo: AlgorithmConfig, values):
         old[torch.tensor(index), : lp.shape[1]] = lp
         ent[torch.tensor(index), : e.shape[1]] = e
     rewards = torch.tensor([s.reward for s in samples])
-    adv_seq, _ = get_advantage_fn(algo.advantage)(rewards, algo.group_size, algo.advantage_eps)
+    adv_seq, _ = ADVANTAGES.get(algo.advantage)(rewards, algo.group_size, algo.advantage_eps)
     adv, weight, _, _ = assign_credit(algo, values, adv_seq, mask, old, ent)
     return {"old_logprob": old, "advantages": adv, "token_weight": weight}
 
@@ -95,7 +90,7 @@ def test_fsdp_two_actors_match_one_process(ckpt):
         sd = ray.get(exports[0][0])
     finally:
         ray.shutdown()
-    from rlvr.weight_sync import from_buckets
+    from rlvr.rollout.weight_sync import from_buckets
 
     sd = dict(from_buckets(sd))
     assert len(plan[0]) == len(plan[1]) >= 2  # really sharded and micro-batched
@@ -159,7 +154,7 @@ def test_policy_metrics_are_token_means_of_the_training_forward(ckpt):
 
 def test_stats_pass_only_when_something_ranks_by_the_policy():
     from rlvr.config import RLConfig
-    from rlvr.driver import needs_policy_stats
+    from rlvr.loop.step import needs_policy_stats
 
     off = {"entropy_adv_scale": 0.0}
     for criterion, expected in (("none", False), ("position", False), ("entropy", True), ("surprisal", True),
@@ -172,7 +167,7 @@ def test_stats_pass_only_when_something_ranks_by_the_policy():
 
 
 def test_contributing_samples_keeps_whole_informative_groups_and_balances_ranks():
-    from rlvr.batching import contributing_samples
+    from rlvr.train.batching import contributing_samples
 
     group = [0, 0, 1, 1, 2, 2, 3, 3]
     contributes = [False, False, True, False, False, False, False, True]
@@ -192,7 +187,7 @@ def test_contributing_samples_keeps_whole_informative_groups_and_balances_ranks(
 def test_skipping_zero_advantage_groups_leaves_the_update_unchanged(ckpt):
     """Train on every sample vs. only the groups with a non-zero advantage, same denominator:
     same loss, grad norm and parameters (to float32 summation order)."""
-    from rlvr.batching import contributing_samples
+    from rlvr.train.batching import contributing_samples
 
     samples = random_samples(16, group_size=4)
     for s, r in zip(samples, [1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1]):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.multiprocessing as mp
 
-from rlvr.weight_sync import broadcast_buckets, from_buckets, state_dict_hash, to_buckets
+from rlvr.rollout.weight_sync import broadcast_buckets, from_buckets, state_dict_hash, to_buckets
 
 
 def _state(seed=0):
@@ -101,7 +101,7 @@ def _gather_worker(rank, port, out):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from rlvr.parallel import gather_full_state_dict
+    from rlvr.train.parallel import gather_full_state_dict
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=3)
     model = _Odd()

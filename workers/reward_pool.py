@@ -1,11 +1,19 @@
-"""Ray actor shell over :class:`rlvr.verifiers.pool.VerifierPool`: one role, scoring rewards.
+"""RewardPool: the Ray actor that scores rewards, a shell over :class:`rlvr.verifiers.pool.VerifierPool`.
+
+Contract (called by :class:`rlvr.loop.groups.RewardGroup`, which resubmits after a restart):
+
+* ``__init__(cfg: VerifierConfig)``: starts ``cfg.num_workers`` sandboxed verifier processes.
+* ``score(requests) -> (rewards, reasons)``: ``requests`` are ``(verifier, response,
+  ground_truth)``; rewards in input order; a reason is "" or "timeout" / "crashed" / "error: ...".
+* ``metrics() -> dict``: pool counters (``processes_replaced``, ...).
+* ``kill_one_process() -> pid`` and ``pids() -> [pid]``: for fault-injection tests.
+* ``shutdown()``: stops the processes.
 
 Design: the actor only unpacks and delegates (STYLE 5).  Isolation, hard per-item timeouts,
 memory caps and process replacement live in the pure-Python pool so they are testable without
 Ray; the verifiers are plain functions in ``rlvr.verifiers``.  The pool's worker processes come
 from a fork server, never ``fork()`` of this (threaded) actor process.  Size the actor's
 ``verifier.num_cpus`` to ``verifier.num_workers``: each worker process is CPU-bound.
-The driver wraps the class at its use site (``ray.remote(RewardPool)`` in ``rlvr/runtime.py``).
 """
 
 from __future__ import annotations

@@ -1,36 +1,36 @@
-"""RolloutWorker: a Ray actor owning one vLLM engine (thin shell over rlvr.rollout)."""
+"""RolloutWorker: the Ray actor that owns one rollout engine (``rollout.backend``, today vLLM).
+
+Contract (called only by :class:`rlvr.loop.groups.RolloutGroup`, which owns fan-out, retries
+and re-sending weights to a restarted worker):
+
+* ``__init__(model_path, cfg: RolloutConfig, index, run_dir)``: builds the engine registered
+  as ``cfg.backend`` (``index`` offsets its seed; caches go under ``run_dir``).
+* ``generate(prompt_ids, n, temperature, seeds) -> List[Sample]``: ``n`` samples per prompt,
+  sample j of prompt i at ``i * n + j``; ``seeds[i]`` seeds prompt i's request.
+* ``load_weights(buckets) -> str``: loads trainer rank 0's exported buckets (Ray resolves the
+  object ref it is given) and returns the hash of what was loaded.
+* ``weights_hash() -> str``: hash of the last weights loaded.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import List, Sequence
 
-from rlvr.batching import Sample
 from rlvr.config import RolloutConfig
+from rlvr.rollout.engine import make_engine
+from rlvr.rollout.sample import Sample
 
 
 class RolloutWorker:
     def __init__(self, model_path: str, cfg: RolloutConfig, index: int, run_dir: str):
-        from rlvr import rollout
+        self.engine = make_engine(model_path, cfg, index, run_dir)
 
-        os.environ.update(rollout.engine_env(run_dir, cfg))
-        self.cfg = cfg
-        self.engine = rollout.make_engine(model_path, cfg, seed=cfg.seed + index)
-
-    def generate(self, prompt_ids: Sequence[List[int]], n: int, temperature: float, seeds: Sequence[int],
-                 first_group: int = 0) -> List[Sample]:
-        from rlvr import rollout
-
-        return rollout.generate(self.engine, prompt_ids, n, self.cfg, temperature, seeds, first_group)
+    def generate(self, prompt_ids: Sequence[List[int]], n: int, temperature: float,
+                 seeds: Sequence[int]) -> List[Sample]:
+        return self.engine.generate(prompt_ids, n, temperature, seeds)
 
     def load_weights(self, buckets: List[bytes]) -> str:
-        """Load new weights (the driver passes trainer rank 0's object ref); returns their hash."""
-        hashes = self.engine.collective_rpc("rlvr_load_buckets", args=(buckets,))
-        self.engine.reset_prefix_cache()
-        return hashes[0]
+        return self.engine.load_weights(buckets)
 
     def weights_hash(self) -> str:
-        return self.engine.collective_rpc("rlvr_weights_hash_loaded")[0]
-
-    def pid(self) -> int:
-        return os.getpid()
+        return self.engine.weights_hash()

@@ -4,6 +4,15 @@ Each iteration it evaluates the percentile, decay and entropy-advantage-scale
 schedules at the current step and *pushes* them to every trainer before the
 train call (the broadcast the paper's temporal schedule needs); its state is
 part of every checkpoint.
+
+Contract (called by :class:`rlvr.loop.groups.SchedulerClient` from the RL step):
+
+* ``__init__(cfg: ScheduleSection, trainers)``: the trainer rank handles it pushes to.
+* ``values(step) -> {step, percentile, decay, entropy_adv_scale}``: the schedules at ``step``.
+* ``broadcast() -> values``: pushes the current step's values to every trainer
+  (``set_schedule``), blocking until all have them, and returns them.
+* ``advance() -> step``: marks the current step done.
+* ``state_dict()`` / ``load_state_dict(state)``: the global step, for checkpoints.
 """
 
 from __future__ import annotations

@@ -1,4 +1,23 @@
-"""TrainerWorker: one rank of the FSDP2 trainer group (thin shell over rlvr.trainer)."""
+"""TrainerWorker: one rank of the FSDP2 trainer group (a thin shell over ``rlvr.train.trainer``).
+
+Contract (called by :class:`rlvr.loop.groups.TrainerGroup` on every rank at once, and by the
+Scheduler actor; any rank failing fails the call):
+
+* ``__init__(rank, world_size, cfg: TrainerConfig, seed)``: seeds torch, sets the thread count.
+* ``address() -> (ip, port)``: rank 0's rendezvous address for the process group.
+* ``setup(master_addr, master_port, model_path, temperature)``: joins the group, loads and shards
+  the policy.
+* ``set_schedule(values)``: from the Scheduler, before each train call: that step's
+  ``{step, percentile, decay, ...}``; ``received_schedule()`` returns every one received.
+* ``compute_stats(micro_batches) -> [(sample index, old_logprob [n, T], entropy [n, T])]``:
+  no-grad pass over this rank's micro-batches.
+* ``train(step, mini_batches, loss_cfg, denoms, norm_len) -> metrics``: one optimizer step per
+  mini-batch with the token weights and denominators it is given; refuses a step the Scheduler
+  did not announce.
+* ``export_weights(bucket_bytes) -> (buckets, hash)``: a collective; rank 0 returns the full
+  state dict as safetensors buckets and its hash, the other ranks ``(None, None)``.
+* ``save(path)`` / ``load(path)``: this rank's shard of model and optimizer (DCP).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from rlvr.batching import MicroBatch
+from rlvr.train.batching import MicroBatch
 from rlvr.config import LossConfig, TrainerConfig
 
 
@@ -28,8 +47,8 @@ class TrainerWorker:
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def setup(self, master_addr: str, master_port: int, model_path: str, temperature: float) -> None:
-        from rlvr.parallel import init_distributed
-        from rlvr.trainer import Trainer
+        from rlvr.train.parallel import init_distributed
+        from rlvr.train.trainer import Trainer
 
         mesh = init_distributed(self.rank, self.world_size, master_addr, master_port, self.cfg.backend)
         device = "cuda" if mesh.device_type == "cuda" else "cpu"
@@ -56,7 +75,7 @@ class TrainerWorker:
 
     def export_weights(self, bucket_bytes: int) -> Tuple[Optional[List[bytes]], Optional[str]]:
         """Collective over all ranks (call with num_returns=2); rank 0 returns (buckets, hash)."""
-        from rlvr.weight_sync import to_buckets, state_dict_hash
+        from rlvr.rollout.weight_sync import to_buckets, state_dict_hash
 
         sd = self.trainer.full_state_dict()
         return (None, None) if sd is None else (to_buckets(sd, bucket_bytes), state_dict_hash(sd.items()))

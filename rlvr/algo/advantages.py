@@ -29,6 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from rlvr.registry import Registry
+
 AdvantageFn = Callable[[Tensor, int, float], tuple[Tensor, dict[str, float]]]
 
 
@@ -97,16 +99,9 @@ def reinforce_pp_advantages(rewards: Tensor, group_size: int, eps: float) -> tup
     return _finish(adv, rewards, _zero_variance(g))
 
 
-ADVANTAGES: dict[str, AdvantageFn] = {
+ADVANTAGES: Registry[AdvantageFn] = Registry("algorithm.advantage", {
     "grpo": grpo_advantages,
     "dr_grpo": dr_grpo_advantages,
     "rloo": rloo_advantages,
     "reinforce_pp": reinforce_pp_advantages,
-}
-
-
-def get_advantage_fn(name: str) -> AdvantageFn:
-    """The estimator registered as ``name``; an unknown name fails listing the valid ones."""
-    if name not in ADVANTAGES:
-        raise ValueError(f"unknown advantage '{name}'; valid names: {', '.join(ADVANTAGES)}")
-    return ADVANTAGES[name]
+})

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from rlvr.config import LossConfig
+from rlvr.registry import Registry
 
 # ----------------------------------------------------------------------------- KL estimators
 KLFn = Callable[[Tensor, Tensor], Tensor]
@@ -58,13 +59,7 @@ def kl_k3(logprob: Tensor, ref_logprob: Tensor) -> Tensor:
     return torch.expm1(log_r) - log_r
 
 
-KL_ESTIMATORS: dict[str, KLFn] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
-
-
-def get_kl_estimator(name: str) -> KLFn:
-    if name not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator '{name}'; valid names: {', '.join(KL_ESTIMATORS)}")
-    return KL_ESTIMATORS[name]
+KL_ESTIMATORS: Registry[KLFn] = Registry("algorithm.loss.kl_estimator", {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3})
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -107,18 +102,17 @@ def agg_seq_mean_token_sum_norm(loss: Tensor, token_weight: Tensor, norm_len: in
     return (token_weight * loss).sum() / float(norm_len) / _safe(d)
 
 
-AGGREGATIONS: dict[str, AggFn] = {
+AGGREGATIONS: Registry[AggFn] = Registry("algorithm.loss.agg", {
     "token_mean": agg_token_mean,
     "seq_mean_token_sum": agg_seq_mean_token_sum,
     "seq_mean_token_mean": agg_seq_mean_token_mean,
     "seq_mean_token_sum_norm": agg_seq_mean_token_sum_norm,
-}
+})
 
 
 def aggregation_denominator(agg: str, token_weight: Tensor) -> float:
     """Whole-batch denominator of ``agg``: sum of weights, or number of sequences with weight."""
-    if agg not in AGGREGATIONS:
-        raise ValueError(f"unknown loss aggregation '{agg}'; valid names: {', '.join(AGGREGATIONS)}")
+    AGGREGATIONS.get(agg)  # an unknown name fails here, listing the valid ones
     if agg == "token_mean":
         return float(token_weight.double().sum().item())
     return float((token_weight.sum(dim=-1) > 0).sum().item())
@@ -178,18 +172,17 @@ def _weighted_mean(x: Tensor, w: Tensor) -> float:
 def _finish(pg_loss: Tensor, ratio: Tensor, binds: tuple[Tensor, Tensor], inp: LossInputs,
             cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
     """Add the KL term, aggregate, and compute the shared metrics under no_grad."""
-    if cfg.agg not in AGGREGATIONS:
-        raise ValueError(f"unknown loss aggregation '{cfg.agg}'; valid names: {', '.join(AGGREGATIONS)}")
+    aggregate = AGGREGATIONS.get(cfg.agg)
     if cfg.kl_coef > 0 and inp.ref_logprob is None:
         raise ValueError("LossConfig.kl_coef > 0 needs LossInputs.ref_logprob")
     w = inp.token_weight
     token_loss = pg_loss
     kl_ref = None
     if inp.ref_logprob is not None:
-        kl_ref = get_kl_estimator(cfg.kl_estimator)(inp.logprob, inp.ref_logprob)
+        kl_ref = KL_ESTIMATORS.get(cfg.kl_estimator)(inp.logprob, inp.ref_logprob)
         if cfg.kl_coef > 0:
             token_loss = token_loss + cfg.kl_coef * kl_ref
-    loss = AGGREGATIONS[cfg.agg](token_loss, w, inp.norm_len, inp.denom)
+    loss = aggregate(token_loss, w, inp.norm_len, inp.denom)
     with torch.no_grad():
         wd = w.detach().double()
         metrics = {
@@ -228,11 +221,4 @@ def gspo_loss(inp: LossInputs, cfg: LossConfig) -> tuple[Tensor, dict[str, float
     return _finish(pg_loss, ratio, (binds_low, binds_high), inp, cfg)
 
 
-POLICY_LOSSES: dict[str, LossFn] = {"ppo": ppo_loss, "gspo": gspo_loss}
-
-
-def get_policy_loss(name: str) -> LossFn:
-    """The loss registered as ``name``; an unknown name fails listing the valid ones."""
-    if name not in POLICY_LOSSES:
-        raise ValueError(f"unknown policy loss '{name}'; valid names: {', '.join(POLICY_LOSSES)}")
-    return POLICY_LOSSES[name]
+POLICY_LOSSES: Registry[LossFn] = Registry("algorithm.loss.name", {"ppo": ppo_loss, "gspo": gspo_loss})

@@ -8,14 +8,19 @@ an adapter (``adapters.ADAPTERS``, by name).  A malformed row becomes a
 and goes on, ``"fail"`` raises it.  Only the prompt list crosses into the rest
 of the system; chat templating is applied late, by :func:`format_prompt`, so
 the same prompts serve the rollout engine and the evaluator.
+
+A prompt too long for the engine (more tokens than ``rollout.max_model_len -
+rollout.max_tokens``) is a bad row too, but only a tokenizer can tell, so the
+run setup calls :func:`drop_long_prompts` once the tokenizer is loaded; it
+reports and counts such rows the same way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 from rlvr.config import DatasetConfig
 from rlvr.data.adapters import (
@@ -24,10 +29,11 @@ from rlvr.data.adapters import (
     FieldError,
     Prompt,
     arithmetic_to_row,
-    get_adapter,
+    bind_adapter,
+    check_columns,
 )
 from rlvr.data.arithmetic import GENERATOR_VERSION, generate_arithmetic, is_heldout
-from rlvr.data.readers import READERS, Unparsable, reader_for
+from rlvr.data.readers import READERS, column_names, Unparsable, reader_for
 from rlvr.data.sampler import PromptSampler
 
 __all__ = [
@@ -38,6 +44,8 @@ __all__ = [
     "Prompt",
     "PromptSampler",
     "arithmetic_to_row",
+    "drop_long_prompts",
+    "encode_prompts",
     "format_prompt",
     "generate_arithmetic",
     "is_heldout",
@@ -53,8 +61,8 @@ MAX_ROW_WARNINGS = 20  # further skipped rows are only counted, so a broken file
 
 def load_dataset(cfg: DatasetConfig, on_bad_row: str = "skip") -> list[Prompt]:
     """The prompts of one dataset section: generated arithmetic, or rows of ``cfg.path``."""
-    if on_bad_row not in ON_BAD_ROW:
-        raise ValueError(f"unknown on_bad_row '{on_bad_row}'; valid choices: {', '.join(ON_BAD_ROW)}")
+    _check_on_bad_row(on_bad_row)
+    _check_limit(cfg.limit)
     if cfg.path is None:
         if cfg.adapter != "arithmetic":
             raise DataError(f"dataset adapter '{cfg.adapter}' needs a path (only 'arithmetic' is generated)")
@@ -62,7 +70,9 @@ def load_dataset(cfg: DatasetConfig, on_bad_row: str = "skip") -> list[Prompt]:
             cfg.synthetic_rows, cfg.synthetic_seed, cfg.max_operand, heldout=cfg.heldout
         )
         return prompts if cfg.limit is None else prompts[: cfg.limit]
-    return read_prompts(Path(cfg.path).expanduser(), get_adapter(cfg.adapter), on_bad_row, cfg.limit)
+    path = Path(cfg.path).expanduser()
+    check_columns(cfg, column_names(path), str(path))  # a missing column fails before any row is read
+    return read_prompts(path, bind_adapter(cfg.adapter, cfg), on_bad_row, cfg.limit)
 
 
 def read_prompts(
@@ -72,6 +82,7 @@ def read_prompts(
     limit: int | None = None,
 ) -> list[Prompt]:
     """Stream ``path`` through ``adapter``; stops reading once ``limit`` prompts are collected."""
+    _check_limit(limit)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     prompts: list[Prompt] = []
@@ -98,6 +109,59 @@ def read_prompts(
     return prompts
 
 
+def drop_long_prompts(
+    prompts: Sequence[Prompt],
+    tokenizer_fn: Callable[[str], Any],
+    max_prompt_tokens: int,
+    on_bad_row: str = "skip",
+    source: str | None = None,
+) -> tuple[list[Prompt], int]:
+    """``(kept, skipped)``: the prompts of at most ``max_prompt_tokens`` tokens, and how many were dropped.
+
+    ``tokenizer_fn(text)`` gives the token ids (or their count) of a prompt as the policy sees it,
+    chat template included.  An over-long prompt is a bad row named by its file and row (from
+    ``meta``, else ``source`` and its 1-based position): ``on_bad_row="skip"`` logs it and drops it,
+    ``"fail"`` raises a :class:`DataError`.  Dropping every prompt is a DataError either way.
+    """
+    _check_on_bad_row(on_bad_row)
+    if max_prompt_tokens < 1:
+        raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+    kept: list[Prompt] = []
+    skipped = 0
+    for position, prompt in enumerate(prompts, start=1):
+        tokens = tokenizer_fn(prompt.prompt)
+        n = tokens if isinstance(tokens, int) else len(tokens)
+        if n <= max_prompt_tokens:
+            kept.append(prompt)
+            continue
+        name = prompt.meta.get("source", source or "prompts")
+        error = DataError(f"{name} row {prompt.meta.get('row', position)}: prompt has {n} tokens, more than the "
+                          f"{max_prompt_tokens} that rollout.max_model_len - rollout.max_tokens leaves")
+        if on_bad_row == "fail":
+            raise error
+        skipped += 1
+        if skipped <= MAX_ROW_WARNINGS:
+            logger.warning("%s (skipped)", error)
+    label = source or "prompts"
+    if skipped:
+        logger.warning("%s: skipped %d prompt(s) longer than %d tokens, kept %d",
+                       label, skipped, max_prompt_tokens, len(kept))
+    if prompts and not kept:
+        raise DataError(f"{label}: no prompt fits in {max_prompt_tokens} tokens "
+                        "(raise rollout.max_model_len or lower rollout.max_tokens)")
+    return kept, skipped
+
+
+def _check_on_bad_row(on_bad_row: str) -> None:
+    if on_bad_row not in ON_BAD_ROW:
+        raise ValueError(f"unknown on_bad_row '{on_bad_row}'; valid choices: {', '.join(ON_BAD_ROW)}")
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be >= 1 (or None for every row), got {limit}")
+
+
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
     for batch in reader_for(path)(path):
         yield from batch
@@ -117,3 +181,8 @@ def format_prompt(tokenizer: Any, text: str, chat_template: bool) -> str:
         raise DataError("data.chat_template is true but the tokenizer has no chat template")
     messages = [{"role": "user", "content": text}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str], chat_template: bool) -> List[List[int]]:
+    """Token ids of each prompt as the policy sees it (:func:`format_prompt`), for the rollout engines."""
+    return [tokenizer(format_prompt(tokenizer, t, chat_template))["input_ids"] for t in texts]

@@ -17,33 +17,27 @@ form): ``reward = correct + format_weight * well_formed`` (the config calls it a
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Dict
+from typing import Callable
 
+from rlvr.registry import Registry
 from rlvr.verifiers.arithmetic import arithmetic_format, arithmetic_reward
 from rlvr.verifiers.gsm8k import gsm8k_format, gsm8k_reward
 from rlvr.verifiers.math_answer import math_format, math_reward
 
 Verifier = Callable[[str, str], float]
 
-VERIFIERS: Dict[str, Verifier] = {
+VERIFIERS: Registry[Verifier] = Registry("verifier", {
     "arithmetic": arithmetic_reward,
     "gsm8k": gsm8k_reward,
     "math": math_reward,
-}
+})
 
 # format checks: (response, gsm8k_extract) -> 1.0 when the answer is in the required form
-FORMATS: Dict[str, Callable[[str, str], float]] = {
+FORMATS: Registry[Callable[[str, str], float]] = Registry("verifier format", {
     "arithmetic": lambda response, _extract: arithmetic_format(response),
     "gsm8k": lambda response, extract: gsm8k_format(response, extract),
     "math": lambda response, _extract: math_format(response),
-}
-
-
-def get_verifier(name: str) -> Verifier:
-    """The verifier registered under ``name``; ValueError listing the valid names otherwise."""
-    if name not in VERIFIERS:
-        raise ValueError(f"unknown verifier '{name}'; valid verifiers: {', '.join(VERIFIERS)}")
-    return VERIFIERS[name]
+})
 
 
 def compute_reward(name: str, response: str, ground_truth: str, format_weight: float = 0.0,
@@ -55,13 +49,13 @@ def compute_reward(name: str, response: str, ground_truth: str, format_weight: f
     >>> compute_reward("gsm8k", "it is 7", "7", format_weight=0.5)  # right number, no '####'/box
     1.0
     """
-    verify = get_verifier(name)
+    verify = VERIFIERS.get(name)
     if name == "gsm8k":  # the one verifier with an option: bind it, keep the registry signature
         verify = partial(gsm8k_reward, extract=gsm8k_extract)
     reward = verify(response, ground_truth)
     if format_weight:
-        reward += format_weight * FORMATS[name](response, gsm8k_extract)
+        reward += format_weight * FORMATS.get(name)(response, gsm8k_extract)
     return float(reward)
 
 
-__all__ = ["FORMATS", "VERIFIERS", "Verifier", "compute_reward", "get_verifier"]
+__all__ = ["FORMATS", "VERIFIERS", "Verifier", "compute_reward"]

@@ -10,10 +10,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": ("rlvr.driver", "train a policy: rlvr train CONFIG.yaml [CONFIG2.yaml ...] [key=value ...]"),
+    "train": ("launch.train", "train a policy: rlvr train CONFIG.yaml [CONFIG2.yaml ...] [key=value ...]"),
     "submit": ("launch.submit", "submit `rlvr train` to a Ray cluster through the Job Submission API"),
-    "eval": ("rlvr.evaluate", "evaluate a checkpoint: rlvr eval CHECKPOINT --data FILE.jsonl"),
-    "report": ("rlvr.report", "plot one or more run directories: rlvr report RUN_DIR [RUN_DIR ...]"),
+    "eval": ("launch.eval", "evaluate a checkpoint: rlvr eval CHECKPOINT --data FILE.jsonl"),
+    "report": ("rlvr.tools.report", "plot one or more run directories: rlvr report RUN_DIR [RUN_DIR ...]"),
 }
 
 

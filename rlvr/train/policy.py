@@ -6,15 +6,15 @@ log-prob/entropy head of :mod:`rlvr.algo.token_stats`, so the full
 ``[tokens, vocab]`` logits are never materialised (151,936-entry vocabularies).
 Because the head runs inside this module's ``forward``, FSDP2 wrapping the
 module as a root unit unshards the head weight for exactly that call; the model
-itself knows nothing about sharding (see :mod:`rlvr.parallel`).
+itself knows nothing about sharding (see :mod:`rlvr.train.parallel`).
 
-The forward takes either layout of :class:`rlvr.batching.MicroBatch`: a packed
+The forward takes either layout of :class:`rlvr.train.batching.MicroBatch`: a packed
 ``[1, S]`` row (no attention mask; transformers derives the block-diagonal mask,
 or flash-attention's ``cu_seqlens``, from position ids that restart at 0) or
 right-padded ``[n, T]`` rows with an attention mask; outputs are flattened.
 
 Mixed precision: under FSDP2 the parameters arrive in the compute dtype
-(``MixedPrecisionPolicy``).  Without a mesh, :func:`rlvr.parallel.parallelize`
+(``MixedPrecisionPolicy``).  Without a mesh, :func:`rlvr.train.parallel.parallelize`
 sets ``autocast_dtype`` instead: parameters stay fp32, the backbone runs under
 ``torch.autocast`` and the fused head is handed bf16 hidden states and weight
 -- what FSDP2 would hand it -- so its recomputation in backward sees the same

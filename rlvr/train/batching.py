@@ -30,24 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-
-@dataclass
-class Sample:
-    """One generated response and everything the driver learns about it."""
-
-    prompt_ids: List[int]
-    response_ids: List[int]
-    rollout_logprob: List[float]  # vLLM's sampling log-probs of response_ids
-    text: str = ""  # the full decoded response (what the verifier scores)
-    group: int = 0  # index of the prompt this response answers
-    ground_truth: str = ""  # reference answer of that prompt
-    verifier: str = ""  # verifier registry name of that prompt
-    reward: float = 0.0
-    reason: str = ""  # why the verifier gave 0 without scoring ("timeout", ...)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.response_ids)
+from rlvr.rollout.sample import Sample
 
 
 @dataclass

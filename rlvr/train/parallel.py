@@ -33,7 +33,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from rlvr.config import TrainerConfig
-from rlvr.policy import torch_dtype
+from rlvr.train.policy import torch_dtype
 
 
 def init_distributed(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> DeviceMesh:
@@ -58,7 +58,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def parallelize(policy: nn.Module, mesh: Optional[DeviceMesh], cfg: TrainerConfig) -> nn.Module:
-    """Shard ``policy`` (a :class:`rlvr.policy.PolicyModel`) with FSDP2; without a mesh, only set its autocast."""
+    """Shard ``policy`` (a :class:`rlvr.train.policy.PolicyModel`) with FSDP2; without a mesh, only set its autocast."""
     if cfg.activation_checkpointing:
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dtype = torch_dtype(cfg.dtype)

