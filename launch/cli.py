@@ -7,6 +7,7 @@ only dispatches, so `rlvr --help` stays fast (no torch/Ray import until needed).
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 COMMANDS = {
@@ -15,6 +16,29 @@ COMMANDS = {
     "eval": ("launch.eval", "evaluate a checkpoint: rlvr eval CHECKPOINT --data FILE.jsonl"),
     "report": ("rlvr.tools.report", "plot one or more run directories: rlvr report RUN_DIR [RUN_DIR ...]"),
 }
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a captured or redirected stream too)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _show_library_warnings() -> None:
+    """rlvr's own warnings (skipped rows, ...) reach the terminal as plain lines, whatever
+    Ray, vLLM or transformers did to the root logger."""
+    log = logging.getLogger("rlvr")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rlvr: unknown command '{name}'; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    _show_library_warnings()
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -8,10 +8,12 @@ and runs :func:`rlvr.tools.evaluate.run_eval` over the prompts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, List, Sequence, Tuple
+
+from launch import errors
 
 ENGINE_DIR = "~/.cache/rlvr/eval"  # vLLM caches and sockets of the evaluation engines
 
@@ -42,34 +44,6 @@ def _shutdown_ray() -> None:
         ray.shutdown()
 
 
-def _iter_prompts(path: str, adapter: str, limit: Optional[int], on_bad_row: str) -> Iterator[Any]:
-    """Prompts of a JSONL file through the dataset adapter; a bad row is reported (skip) or raised (fail)."""
-    from rlvr.data.adapters import DataError, FieldError, bind_adapter
-
-    to_prompt = bind_adapter(adapter)
-    yielded = 0
-    with open(path, encoding="utf-8") as f:
-        for row_no, line in enumerate(f, 1):
-            if limit is not None and yielded >= limit:
-                return
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise FieldError("<row>", f"expected a JSON object, got {type(row).__name__}")
-                prompt = to_prompt(row)
-            except (json.JSONDecodeError, FieldError) as exc:
-                error = DataError(f"{path} row {row_no}: {exc}")
-                if on_bad_row == "fail":
-                    raise error from None
-                print(f"rlvr eval: skipped {error}", file=sys.stderr)
-                continue
-            prompt.meta.setdefault("row", row_no)
-            yielded += 1
-            yield prompt
-
-
 def _parse_ks(text: str) -> List[int]:
     try:
         ks = sorted({int(k) for k in text.split(",") if k.strip()})
@@ -95,6 +69,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output directory (default: CHECKPOINT/eval-<data name>)")
     p.add_argument("--config", action="append", default=[], help="YAML config(s) merged before the overrides")
     p.add_argument("--chunk", type=int, default=64, help="prompts generated per call")
+    p.add_argument("--debug", action="store_true", default=errors.env_debug(),
+                   help="show the traceback of an error (also RLVR_DEBUG=1)")
     args = p.parse_intermixed_args(list(argv))
     for flag, value in (("--n", args.n), ("--chunk", args.chunk), ("--limit", args.limit)):
         if value is not None and value < 1:  # an empty request is a usage error before any engine starts
@@ -109,7 +85,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str]) -> int:
     from rlvr.config import ConfigError, load_config
-    from rlvr.data.adapters import DataError
+    from rlvr.data import iter_prompts
+    from rlvr.data.adapters import DataError, bind_adapter
     from rlvr.loop.checkpoint import CheckpointError
     from rlvr.tools.evaluate import EvalInputError, run_eval
 
@@ -120,8 +97,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         cfg = load_config(args.config, [*data_overrides, *args.overrides], check_paths=True)
     except ConfigError as exc:
-        print(f"rlvr eval: {exc}", file=sys.stderr)
-        return 2
+        return errors.report("rlvr eval", exc, args.debug)
     if not os.path.isfile(args.data):
         print(f"rlvr eval: data file not found: {args.data}", file=sys.stderr)
         return 2
@@ -130,17 +106,21 @@ def main(argv: Sequence[str]) -> int:
               file=sys.stderr)
     data_name = os.path.splitext(os.path.basename(args.data))[0]
     out_dir = args.out or os.path.join(args.checkpoint, f"eval-{data_name}")
-    prompts = _iter_prompts(args.data, args.adapter, args.limit, cfg.data.on_bad_row)
+    prompts = iter_prompts(Path(args.data), bind_adapter(args.adapter, cfg.data.eval), cfg.data.on_bad_row, args.limit)
     try:
         generate_fn, score_fn = _build_backends(cfg, args.checkpoint)
         summary = run_eval(prompts, generate_fn, score_fn, args.n, args.k, out_dir,
                            chunk_size=args.chunk, show_progress=cfg.logging.progress)
     except (DataError, EvalInputError) as exc:  # one line naming the file, the row and the field
-        print(f"rlvr eval: {exc} (samples scored so far kept in {out_dir}/samples.jsonl)", file=sys.stderr)
-        return 2
+        return errors.report("rlvr eval", exc, args.debug, code=2,
+                             note=f" (samples scored so far kept in {out_dir}/samples.jsonl)")
     except CheckpointError as exc:
-        print(f"rlvr eval: {exc}", file=sys.stderr)
-        return 2
+        return errors.report("rlvr eval", exc, args.debug)
+    except Exception as exc:  # a known error from inside an actor, or a Ray failure: one line
+        code = errors.report("rlvr eval", exc, args.debug)
+        if code is None:
+            raise
+        return code
     finally:
         _shutdown_ray()
     scores = " ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith(("pass@", "mean@")))

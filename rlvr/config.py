@@ -49,11 +49,13 @@ ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
 POLICY_LOSSES = ("ppo", "gspo")
 LOSS_AGGS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+OFF_POLICY = ("none", "bypass", "tis", "mis")
 CREDIT_CRITERIA = ("none", "position", "entropy", "surprisal", "advantage_entropy")
 CREDIT_SCOPES = ("trajectory", "group", "batch")
 DATASETS = ("arithmetic", "gsm8k", "math", "verl", "columns")
 VERIFIERS = ("arithmetic", "gsm8k", "math")
 ROLLOUT_BACKENDS = ("vllm",)
+WEIGHT_TRANSPORTS = ("object_store", "collective")
 
 
 # --------------------------------------------------------------------------- schedules
@@ -174,6 +176,7 @@ class RolloutConfig(PoolConfig):
     return_logprobs: bool = True  # sampling log-probs, for rollout/logprob_mismatch only (a tiny model's CPU
     # decode spends ~30% of its time building them; off drops the metric)
     seed: int = 0  # sampling seed of worker 0 (worker i uses seed + i)
+    max_staleness: int = bounded(0, 0)  # k: generation runs up to k policy versions ahead of training (0: in step)
 
 
 @dataclass
@@ -204,6 +207,16 @@ class TrainerConfig(PoolConfig):
 
 
 @dataclass
+class WeightSyncConfig:
+    """Trainer -> engine weights after every step (rlvr.rollout.transport.WEIGHT_TRANSPORTS)."""
+
+    transport: str = choice("object_store", *WEIGHT_TRANSPORTS)  # safetensors via Ray's object store, or a
+    # broadcast over a stateless gloo/NCCL group between trainer rank 0 and every engine worker
+    bucket_mb: float = bounded(256.0, above=0)  # size of one packed bucket (one object / one broadcast)
+    timeout_s: float = bounded(600.0, above=0)  # a sync (or group rendezvous) slower than this fails, naming ranks
+
+
+@dataclass
 class ClusterConfig:
     address: Optional[str] = None  # Ray address; None starts (or joins) a local cluster
     namespace: str = "rlvr"  # Ray namespace of the named actors
@@ -221,6 +234,8 @@ class LossConfig:
     agg: str = choice("token_mean", *LOSS_AGGS)  # how token losses become one scalar
     kl_coef: float = bounded(0.0, 0)  # weight of the KL to the reference policy (0: no reference model)
     kl_estimator: str = choice("k3", *KL_ESTIMATORS)  # Schulman's k1/k2/k3
+    off_policy: str = choice("none", *OFF_POLICY)  # correction for stale batches (rlvr.algo.offpolicy)
+    is_cap: float = bounded(2.0, above=1)  # tis: truncate pi_prox / pi_behav here; mis: keep within [1/cap, cap]
 
 
 @dataclass
@@ -302,6 +317,7 @@ class RLConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     verifier: VerifierConfig = field(default_factory=lambda: VerifierConfig(num_workers=2))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -123,6 +123,7 @@ def check_cross(cfg: Any) -> None:
     _check_algorithm(cfg)
     _check_batch(cfg)
     _check_rollout_and_pools(cfg)
+    _check_weight_sync(cfg)
     for split in ("train", "eval"):
         ds = getattr(cfg.data, split)
         need(ds.path is not None or ds.adapter == "arithmetic",
@@ -162,11 +163,8 @@ def _check_algorithm(cfg: Any) -> None:
          f"algorithm.advantage={a.advantage} needs algorithm.group_size >= 2")
     need(not a.dynamic_sampling or a.group_size >= 2,
          "algorithm.dynamic_sampling drops zero-variance groups, so it needs algorithm.group_size >= 2")
-    # Nothing in the loop computes reference-policy log-probs yet (LossInputs.ref_logprob stays None), so
-    # the loss would raise at the first train step, after every actor has started.
-    need(a.loss.kl_coef == 0,
-         f"algorithm.loss.kl_coef = {a.loss.kl_coef}: a KL term needs reference-policy log-probs, which the "
-         "training loop does not compute; valid: 0")
+    # kl_coef > 0 needs no rule across fields: the trainers then hold a frozen reference policy, the driver
+    # takes the stats pass for its log-probs and trains zero-advantage groups too (they still carry the KL).
     betas = list(cfg.trainer.betas)
     need(len(betas) == 2 and all(in_range(b, 0.0, 1.0, None) and b < 1.0 for b in betas),
          f"trainer.betas = {betas} must be two AdamW betas in [0, 1)")
@@ -197,8 +195,26 @@ def _check_rollout_and_pools(cfg: Any) -> None:
         for name, amount in getattr(cfg, pool).resources.items():
             need(in_range(amount, 0.0, math.inf, None),
                  f"{pool}.resources.{name} = {amount} must be >= 0")
+    k, off_policy = r.max_staleness, cfg.algorithm.loss.off_policy
+    need(k == 0 or off_policy != "none",
+         f"rollout.max_staleness={k} trains on batches up to {k} policy versions old: set "
+         "algorithm.loss.off_policy to bypass, tis or mis (none would treat them as on-policy)")
+    need(off_policy == "none" or r.return_logprobs,
+         f"algorithm.loss.off_policy={off_policy} needs the engines' behaviour log-probs: "
+         "set rollout.return_logprobs=true")
     need(cfg.trainer.backend != "nccl" or cfg.trainer.num_gpus > 0,
          "trainer.backend=nccl needs GPUs: set trainer.num_gpus > 0 or trainer.backend to auto/gloo")
+
+
+def _check_weight_sync(cfg: Any) -> None:
+    """The collective transport broadcasts over NCCL when both pools are on GPUs; NCCL cannot put two
+    ranks of one group on one GPU, so neither pool may share a GPU there."""
+    r, t = cfg.rollout, cfg.trainer
+    if cfg.weight_sync.transport != "collective" or not (r.num_gpus and t.num_gpus):
+        return
+    need(r.num_gpus >= 1 and t.num_gpus >= 1,
+         f"weight_sync.transport=collective on GPUs needs whole GPUs per actor (NCCL refuses two ranks on one "
+         f"GPU), got rollout.num_gpus={r.num_gpus} trainer.num_gpus={t.num_gpus}")
 
 
 # --------------------------------------------------------------------------- paths

@@ -100,6 +100,7 @@ REGISTRIES = [
     ("rlvr.verifiers", "VERIFIERS", "VERIFIERS"),
     ("rlvr.data.adapters", "ADAPTERS", "DATASETS"),
     ("rlvr.rollout.engine", "ROLLOUT_BACKENDS", "ROLLOUT_BACKENDS"),
+    ("rlvr.algo.offpolicy", "OFF_POLICY", "OFF_POLICY"),
 ]
 
 

@@ -75,7 +75,12 @@ BAD_OVERRIDES = [
      ["algorithm.dynamic_sampling", "group_size >= 2"]),
     (["algorithm.max_sampling_rounds=0"], ["algorithm.max_sampling_rounds", ">= 1"]),
     (["algorithm.loss.kl_coef=-1"], ["algorithm.loss.kl_coef", ">= 0"]),
-    (["algorithm.loss.kl_coef=0.1"], ["algorithm.loss.kl_coef", "reference", "valid: 0"]),
+    (["rollout.max_staleness=-1"], ["rollout.max_staleness", ">= 0"]),
+    (["rollout.max_staleness=1"], ["rollout.max_staleness=1", "algorithm.loss.off_policy", "bypass, tis or mis"]),
+    (["rollout.max_staleness=1", "algorithm.loss.off_policy=tis", "rollout.return_logprobs=false"],
+     ["algorithm.loss.off_policy=tis", "rollout.return_logprobs=true"]),
+    (["algorithm.loss.off_policy=is"], ["algorithm.loss.off_policy", "none, bypass, tis, mis"]),
+    (["algorithm.loss.is_cap=1"], ["algorithm.loss.is_cap", "> 1"]),
     (["algorithm.loss.clip_low=1.5"], ["algorithm.loss.clip_low", "in [0, 1]"]),
     (["algorithm.loss.dual_clip=0.5"], ["algorithm.loss.dual_clip", "> 1 (or null)"]),
     (["algorithm.entropy_adv.kappa=0"], ["algorithm.entropy_adv.kappa", "> 0"]),
@@ -283,3 +288,51 @@ def test_cli_refuses_bad_config_in_one_line_without_ray(tmp_path, args, key):
     assert out.returncode == 2, out.stdout + out.stderr
     assert len(lines) == 1 and key in lines[0], out.stderr
     assert not (tmp_path / "ray").exists()  # no Ray session was started
+
+
+# --------------------------------------------------------------------------- end to end: bad rows in `rlvr train`
+def write_arithmetic_rows(path: Path, bad_utf8: bool = True) -> Path:
+    """Arithmetic rows; row 2 invalid UTF-8 (unless ``bad_utf8`` is false), row 3 longer than the
+    quickstart's 64 - 12 = 52 prompt tokens."""
+    from rlvr.data import arithmetic_to_row, generate_arithmetic
+
+    rows = [json.dumps(arithmetic_to_row(p)).encode() for p in generate_arithmetic(64, 0, 30)]
+    rows.insert(1, b'{"prompt": "caf\xe9 1+1=", "answer": "2"}')
+    rows.insert(2, json.dumps({"prompt": "1+" * 60 + "1=", "answer": "61"}).encode())
+    path.write_bytes(b"\n".join(rows if bad_utf8 else rows[:1] + rows[2:]) + b"\n")
+    return path
+
+
+def train_on(path: Path, tmp_path: Path, *overrides: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray"), "RAY_ADDRESS": ""}
+    cmd = [sys.executable, "-m", CLI, "train", QUICKSTART, f"logging.run_dir={tmp_path / 'run'}",
+           "data.train.adapter=arithmetic", f"data.train.path={path}", "logging.progress=false", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize("bad_utf8, expected", [
+    (True, "rlvr train: DataError: {path} row 2: invalid UTF-8 (byte 0xe9 at column 16)"),
+    (False, ("rlvr train: DataError: rows.jsonl row 2: prompt has 122 tokens, more than the 52 that "
+             "rollout.max_model_len - rollout.max_tokens leaves")),
+])
+def test_train_fails_on_the_first_bad_row_in_one_line_before_ray(tmp_path, bad_utf8, expected):
+    path = write_arithmetic_rows(tmp_path / "rows.jsonl", bad_utf8)
+    out = train_on(path, tmp_path, "data.on_bad_row=fail")
+    assert out.returncode == 2, out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() if "Error" in line]
+    assert errors == [expected.format(path=path)], out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "ray").exists()  # no Ray session was started
+
+
+@pytest.mark.slow
+def test_train_skips_bad_rows_and_reports_them_by_row_number(tmp_path):
+    path = write_arithmetic_rows(tmp_path / "rows.jsonl")
+    out = train_on(path, tmp_path, "data.on_bad_row=skip", "schedule.total_steps=2", "eval.num_prompts=8",
+                   timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"{path} row 2: invalid UTF-8 (byte 0xe9 at column 16) (skipped)" in out.stderr
+    assert "rows.jsonl row 3: prompt has 122 tokens" in out.stderr
+    assert "64 train / 8 eval prompts (2 bad rows skipped)" in out.stdout
+    from rlvr.loop.metrics import read_metrics
+
+    assert [row["step"] for row in read_metrics(str(tmp_path / "run" / "metrics.jsonl"))] == [0, 1, 2]

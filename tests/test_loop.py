@@ -52,7 +52,7 @@ def _pid(actor):
 
 def _step(rl):
     step = len(rl.history)
-    metrics = rl.step(step, rl.sampler.next_batch())
+    metrics = rl.step(step, rl.sampler.next_batch)
     rl.history.append(metrics)
     return metrics
 

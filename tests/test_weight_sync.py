@@ -1,13 +1,13 @@
-"""Weight sync transports: safetensors buckets through the object store (CPU path), the
-flattened per-dtype broadcast used for NCCL (exercised here over gloo with 2 processes), and
-the one-gather-per-bucket export of FSDP2 shards (3 gloo ranks, uneven and empty shards)."""
+"""Weight sync: safetensors buckets through the object store (CPU path), hashes that agree across
+transports, and the one-gather-per-bucket export of FSDP2 shards (3 gloo ranks, uneven and empty
+shards).  The collective transport has its own tests in ``test_collective_sync.py``."""
 
 from __future__ import annotations
 
 import torch
 import torch.multiprocessing as mp
 
-from rlvr.rollout.weight_sync import broadcast_buckets, from_buckets, state_dict_hash, to_buckets
+from rlvr.rollout.weight_sync import from_buckets, state_dict_hash, to_buckets
 
 
 def _state(seed=0):
@@ -46,17 +46,6 @@ def test_hash_sees_every_change_and_ignores_order():
     assert state_dict_hash(renamed.items()) != h
 
 
-def _broadcast_worker(rank, port, out):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    sd = _state()
-    names = [(k, tuple(v.shape), v.dtype) for k, v in sd.items()]
-    got = dict(broadcast_buckets(sd if rank == 0 else None, names, group=None, src=0))
-    out.put((rank, state_dict_hash(got.items())))
-    dist.destroy_process_group()
-
-
 def _run_ranks(target, world: int) -> dict:
     """Run ``target(rank, port, queue)`` in ``world`` spawned processes; ``{rank: what it put}``."""
     import socket
@@ -75,9 +64,16 @@ def _run_ranks(target, world: int) -> dict:
     return got
 
 
-def test_broadcast_delivers_identical_tensors_to_every_rank():
-    hashes = _run_ranks(_broadcast_worker, 2)
-    assert hashes[0] == hashes[1] == state_dict_hash(_state().items())
+def test_both_transports_hash_the_same_weights_alike_in_the_engine_dtype():
+    """A restarted engine is loaded through the object store while the others got the broadcast: the
+    hashes agree because both transports send (and hash) the engines' dtype."""
+    from rlvr.rollout.transport import stage
+
+    sd = {k: v.float() for k, v in _state().items()}
+    bf16 = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+    through_store = dict(from_buckets(to_buckets(bf16, bucket_bytes=1 << 10)))
+    assert stage(sd, "bfloat16", 1 << 10, "cpu").hash == state_dict_hash(through_store.items())
+    assert stage(sd, "float32", 1 << 10, "cpu").hash == state_dict_hash(sd.items()) != state_dict_hash(bf16.items())
 
 
 class _Odd(torch.nn.Module):

@@ -5,6 +5,9 @@ Contract (called by :class:`rlvr.loop.groups.RewardGroup`, which resubmits after
 * ``__init__(cfg: VerifierConfig)``: starts ``cfg.num_workers`` sandboxed verifier processes.
 * ``score(requests) -> (rewards, reasons)``: ``requests`` are ``(verifier, response,
   ground_truth)``; rewards in input order; a reason is "" or "timeout" / "crashed" / "error: ...".
+* ``score_samples(samples, labels) -> (rewards, reasons)``: the same for generated ``Sample``s (their
+  full ``text``) with ``labels[i] = (verifier, ground_truth)``; the group passes a rollout
+  engine's pending result, so scoring starts the moment that engine's shard is done.
 * ``metrics() -> dict``: pool counters (``processes_replaced``, ...).
 * ``kill_one_process() -> pid`` and ``pids() -> [pid]``: for fault-injection tests.
 * ``shutdown()``: stops the processes.
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import Dict, List, Sequence, Tuple
 
 from rlvr.config import VerifierConfig
+from rlvr.rollout.sample import Sample
 from rlvr.verifiers.pool import Request, VerifierPool, default_score_fn
 
 
@@ -38,6 +42,10 @@ class RewardPool:
     def score(self, requests: Sequence[Request]) -> Tuple[List[float], List[str]]:
         """(rewards, reasons) in input order; reason "" or "timeout" / "crashed" / "error: ..."."""
         return self._pool.score(requests)
+
+    def score_samples(self, samples: Sequence[Sample], labels: Sequence[Tuple[str, str]]
+                      ) -> Tuple[List[float], List[str]]:
+        return self._pool.score([(v, s.text, gt) for s, (v, gt) in zip(samples, labels)])
 
     def metrics(self) -> Dict[str, float]:
         return self._pool.metrics()

@@ -10,11 +10,16 @@ and re-sending weights to a restarted worker):
 * ``load_weights(buckets) -> str``: loads trainer rank 0's exported buckets (Ray resolves the
   object ref it is given) and returns the hash of what was loaded.
 * ``weights_hash() -> str``: hash of the last weights loaded.
+* ``open_weight_group(host, port, rank_offset, world_size, backend, timeout_s) -> ranks``: every
+  engine worker joins trainer rank 0's stateless weight group (a rendezvous: called on every
+  member at once); a second call replaces the old group.
+* ``receive_weights(plan) -> {"hash", "transfer_s", "load_s"}``: receives rank 0's broadcast
+  buckets straight into the engine and returns the hash of what was loaded.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from rlvr.config import RolloutConfig
 from rlvr.rollout.engine import make_engine
@@ -34,3 +39,10 @@ class RolloutWorker:
 
     def weights_hash(self) -> str:
         return self.engine.weights_hash()
+
+    def open_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float) -> List[int]:
+        return self.engine.open_weight_group(host, port, rank_offset, world_size, backend, timeout_s)
+
+    def receive_weights(self, plan: list) -> Dict[str, Any]:
+        return self.engine.receive_weights(plan)

@@ -50,6 +50,7 @@ __all__ = [
     "generate_arithmetic",
     "is_heldout",
     "load_dataset",
+    "iter_prompts",
     "read_prompts",
 ]
 
@@ -81,14 +82,27 @@ def read_prompts(
     on_bad_row: str = "skip",
     limit: int | None = None,
 ) -> list[Prompt]:
-    """Stream ``path`` through ``adapter``; stops reading once ``limit`` prompts are collected."""
+    """All prompts of ``path`` (at most ``limit``); a file without one usable row is a DataError."""
+    prompts = list(iter_prompts(path, adapter, on_bad_row, limit))
+    if not prompts:
+        raise DataError(f"{path}: no usable rows")
+    return prompts
+
+
+def iter_prompts(
+    path: Path,
+    adapter: Callable[[Mapping[str, Any]], Prompt],
+    on_bad_row: str = "skip",
+    limit: int | None = None,
+) -> Iterator[Prompt]:
+    """Stream ``path`` through ``adapter``, lazily: a bad row is logged and skipped, or raised
+    (``on_bad_row="fail"``) only when the reader reaches it, after the rows before it."""
     _check_limit(limit)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    prompts: list[Prompt] = []
-    skipped = 0
+    kept = skipped = 0
     for row_number, row in _rows(path):
-        if limit is not None and len(prompts) >= limit:
+        if limit is not None and kept >= limit:
             break
         try:
             prompt = _adapt(adapter, row)
@@ -101,12 +115,10 @@ def read_prompts(
                 logger.warning("%s (skipped)", error)
             continue
         prompt.meta.update(source=path.name, row=row_number)
-        prompts.append(prompt)
+        kept += 1
+        yield prompt
     if skipped:
-        logger.warning("%s: skipped %d malformed row(s), kept %d", path, skipped, len(prompts))
-    if not prompts:
-        raise DataError(f"{path}: no usable rows")
-    return prompts
+        logger.warning("%s: skipped %d malformed row(s), kept %d", path, skipped, kept)
 
 
 def drop_long_prompts(

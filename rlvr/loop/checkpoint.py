@@ -9,16 +9,23 @@ half-written ``.tmp`` directory is ignored and cleaned up on the next save.
 :func:`resolve_checkpoint` turns a run checkpoint into something an engine can serve:
 the trainers' sharded DCP model state is consolidated once into ``step_N/hf`` (an HF
 directory of the base model named in the saved config, written atomically).
+
+A run directory holds one run: :func:`run_contents` says what marks it as taken (its
+``metrics.jsonl``, its checkpoints), :func:`move_aside` renames it to ``<run_dir>.old-<time>``
+(``rlvr train --fresh``; nothing is ever deleted).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
+IN_FLIGHT = "in_flight.pkl"
 _STEP = re.compile(r"^step_(\d+)$")
 
 
@@ -56,20 +63,65 @@ def list_checkpoints(root: str) -> List[str]:
 
 
 def latest(run_dir: str) -> Optional[str]:
-    found = list_checkpoints(checkpoint_root(run_dir))
+    """The newest complete checkpoint of ``run_dir`` (one with its driver.json), or None."""
+    found = [p for p in list_checkpoints(checkpoint_root(run_dir)) if os.path.isfile(os.path.join(p, "driver.json"))]
     return found[-1] if found else None
+
+
+class CheckpointError(ValueError):
+    """A path is not something that can be served or resumed; says what it lacks."""
+
+
+class RunDirError(ValueError):
+    """``logging.run_dir`` already holds another run; the message says how to go on."""
+
+
+def write_in_flight(tmp: str, batches: List[Dict[str, Any]]) -> None:
+    """The pipeline's in-flight batches (generated and scored samples), when there are any."""
+    if batches:
+        with open(os.path.join(tmp, IN_FLIGHT), "wb") as f:
+            pickle.dump(batches, f)
+
+
+def read_in_flight(path: str) -> List[Dict[str, Any]]:
+    file = os.path.join(path, IN_FLIGHT)
+    if not os.path.isfile(file):
+        return []
+    with open(file, "rb") as f:
+        return pickle.load(f)  # our own checkpoint, written by write_in_flight
 
 
 def read_driver_state(path: str) -> Dict[str, Any]:
     state_file = os.path.join(path, "driver.json")
     if not os.path.isfile(state_file):
-        raise FileNotFoundError(f"not a complete rlvr checkpoint (no driver.json): {path}")
-    with open(state_file) as f:
-        return json.load(f)
+        raise CheckpointError(f"not a complete rlvr checkpoint (no driver.json): {path}")
+    try:
+        with open(state_file) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{state_file}: unreadable ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{state_file}: no integer 'step'")
+    return state
 
 
-class CheckpointError(ValueError):
-    """A path is not something that can be served or resumed; says what it lacks."""
+def run_contents(run_dir: str) -> List[str]:
+    """What marks ``run_dir`` as holding a run (``metrics.jsonl``, checkpoints); empty when it is free."""
+    found = ["metrics.jsonl"] if os.path.isfile(os.path.join(run_dir, "metrics.jsonl")) else []
+    ckpts = list_checkpoints(checkpoint_root(run_dir))
+    if ckpts:
+        found.append(f"{len(ckpts)} checkpoint(s), newest {os.path.basename(ckpts[-1])}")
+    return found
+
+
+def move_aside(run_dir: str) -> str:
+    """Rename ``run_dir`` to ``<run_dir>.old-<YYYYmmdd-HHMMSS>`` (never deletes); returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = f"{run_dir}.old-{stamp}", 1
+    while os.path.exists(target):  # two --fresh starts within one second
+        target, n = f"{run_dir}.old-{stamp}-{n}", n + 1
+    os.rename(run_dir, target)
+    return target
 
 
 def resolve_checkpoint(checkpoint: str, cfg: Any) -> str:

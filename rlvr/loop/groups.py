@@ -88,6 +88,9 @@ class RolloutGroup:
     def __init__(self, actors: Sequence[Any]):
         self.actors = list(actors)
         self.weights_ref = None  # the latest weights sent: what a restarted engine gets first
+        self.weights_source: Optional[Callable[[], Any]] = None  # else how to get them (a collective sync
+        # leaves nothing in the object store: the transport says how to export them when needed)
+        self.restarts = 0  # engines restarted so far (a restarted engine has left any weight group)
 
     @classmethod
     def create(cls, actor_cls: type, cfg: RLConfig, model_path: str, run_dir: str) -> "RolloutGroup":
@@ -100,35 +103,85 @@ class RolloutGroup:
     def generate(self, prompt_ids: Sequence[List[int]], n: int, temperature: float,
                  seeds: Sequence[int]) -> List[Sample]:
         """``n`` samples per prompt, sample j of prompt i at ``i * n + j`` with ``group = i``."""
+        return self.submit(prompt_ids, n, temperature, seeds).result()
+
+    def submit(self, prompt_ids: Sequence[List[int]], n: int, temperature: float,
+               seeds: Sequence[int]) -> "PendingGeneration":
+        """Start :meth:`generate` without waiting.  An engine runs its calls in order, so weights
+        loaded after this call never touch this generation."""
         shards = [range(len(prompt_ids))[w::len(self.actors)] for w in range(len(self.actors))]
-        outs = self._each(lambda w, actor: actor.generate.remote(
-            [prompt_ids[i] for i in shards[w]], n, temperature, [seeds[i] for i in shards[w]]), "generate")
-        samples: List[Sample] = [None] * (len(prompt_ids) * n)  # type: ignore[list-item]
-        for shard, out in zip(shards, outs):
-            for j, sample in enumerate(out):
-                sample.group = shard[j // n]
-                samples[sample.group * n + j % n] = sample
-        return samples
+
+        def call(w, actor):
+            return actor.generate.remote([prompt_ids[i] for i in shards[w]], n, temperature,
+                                         [seeds[i] for i in shards[w]])
+
+        return PendingGeneration(self, shards, n, call, [call(w, a) for w, a in enumerate(self.actors)])
 
     def load_weights(self, buckets_ref: Any) -> List[str]:
         """Every engine loads the same object (trainer rank 0's export); returns their hashes."""
-        self.weights_ref = buckets_ref
+        self.track_weights(lambda: buckets_ref)
         return self._each(lambda _, actor: actor.load_weights.remote(buckets_ref), "load_weights")
+
+    def track_weights(self, source: Callable[[], Any]) -> None:
+        """``source()`` gives an object-store copy of the latest weights, for an engine that restarts."""
+        self.weights_ref, self.weights_source = None, source
+
+    def open_weight_group_async(self, host: str, port: int, rank_offsets: Sequence[int], world_size: int,
+                                backend: str, timeout_s: float) -> List[Any]:
+        """Every engine joins the weight group (engine w at ``rank_offsets[w]``); refs, to wait on together
+        with trainer rank 0's (a rendezvous)."""
+        return [a.open_weight_group.remote(host, port, off, world_size, backend, timeout_s)
+                for a, off in zip(self.actors, rank_offsets)]
+
+    def receive_weights_async(self, plan: Any) -> List[Any]:
+        """Every engine receives rank 0's broadcast; refs, to wait on together with the sender's."""
+        return [a.receive_weights.remote(plan) for a in self.actors]
 
     def weights_hashes(self) -> List[str]:
         return self._each(lambda _, actor: actor.weights_hash.remote(), "weights_hash")
 
     def _each(self, call: Callable[[int, Any], Any], what: str) -> List[Any]:
-        refs = [call(w, actor) for w, actor in enumerate(self.actors)]
+        return self._collect([call(w, actor) for w, actor in enumerate(self.actors)], call, what)
+
+    def _collect(self, refs: Sequence[Any], call: Callable[[int, Any], Any], what: str) -> List[Any]:
         return [get(ref, f"rollout worker {w} ({what})", lambda w=w: self._restarted(w, call), CALL_RETRIES)
                 for w, ref in enumerate(refs)]
 
     def _restarted(self, w: int, call: Callable[[int, Any], Any]) -> Any:
         actor = self.actors[w]
         wait_until_alive(actor)
-        if self.weights_ref is not None:  # a restarted engine serves its start-up weights
+        self.restarts += 1
+        if self.weights_ref is None and self.weights_source is not None:
+            self.weights_ref = self.weights_source()
+        if self.weights_ref is not None:  # else a restarted engine serves its start-up weights
             get(actor.load_weights.remote(self.weights_ref), f"rollout worker {w} (reload)")
         return call(w, actor)
+
+
+class PendingGeneration:
+    """A generation in flight: one ref per engine, with the time each finished (``done_at``)."""
+
+    def __init__(self, group: RolloutGroup, shards: List[range], n: int, call: Callable[[int, Any], Any],
+                 refs: List[Any]):
+        self.group, self.shards, self.n, self.call, self.refs = group, shards, n, call, refs
+        self.submitted = time.monotonic()
+        self.done_at: List[Optional[float]] = [None] * len(refs)
+        for w, ref in enumerate(refs):
+            if hasattr(ref, "future"):  # a Ray ObjectRef (tests pass plain values)
+                ref.future().add_done_callback(lambda _, w=w: self.done_at.__setitem__(w, time.monotonic()))
+            else:
+                self.done_at[w] = self.submitted
+
+    def result(self) -> List[Sample]:
+        """The samples in prompt order (``group`` = prompt index); a dead engine is restarted and redone."""
+        outs = self.group._collect(self.refs, self.call, "generate")
+        n = self.n
+        samples: List[Sample] = [None] * (sum(len(s) for s in self.shards) * n)  # type: ignore[list-item]
+        for shard, out in zip(self.shards, outs):
+            for j, sample in enumerate(out):
+                sample.group = shard[j // n]
+                samples[sample.group * n + j % n] = sample
+        return samples
 
 
 # --------------------------------------------------------------------------- reward
@@ -152,6 +205,15 @@ class RewardGroup:
             return submit()
 
         return get(submit(), "reward pool", resubmit, retries=2 * CALL_RETRIES)
+
+    def wait(self, ref: Any) -> Tuple[List[float], List[str]]:
+        """The result of :meth:`submit_samples` (raises if the reward actor died meanwhile)."""
+        return get(ref, "reward pool")
+
+    def submit_samples(self, samples_ref: Any, labels: Sequence[Tuple[str, str]]) -> Any:
+        """Score a rollout engine's pending output as soon as it exists (a ref; Ray resolves it
+        in the reward actor); ``labels[i] = (verifier, ground_truth)``.  Returns a ref."""
+        return self.actor.score_samples.remote(samples_ref, list(labels))
 
 
 # --------------------------------------------------------------------------- trainer
@@ -187,14 +249,16 @@ class TrainerGroup:
         actors = [remote.options(**actor_options(t), scheduling_strategy=PlacementGroupSchedulingStrategy(
             pg, placement_group_bundle_index=rank)).remote(rank, n, t, cfg.seed) for rank in range(n)]
         addr, port = ray.get(actors[0].address.remote())
-        ray.get([a.setup.remote(addr, port, model_path, cfg.rollout.temperature) for a in actors])
+        reference = cfg.algorithm.loss.kl_coef > 0  # the KL's frozen reference policy; none without a KL term
+        ray.get([a.setup.remote(addr, port, model_path, cfg.rollout.temperature, reference) for a in actors])
         return cls(actors, pg)
 
     def __len__(self) -> int:
         return len(self.actors)
 
     def compute_stats(self, per_rank: Sequence[Sequence[Any]]) -> List[Any]:
-        """Old log-probs/entropy: rank r gets ``per_rank[r]``'s micro-batches; one list per rank."""
+        """Old log-probs/entropy (and reference log-probs with a KL term): rank r gets ``per_rank[r]``'s
+        micro-batches; one list per rank."""
         return get([a.compute_stats.remote(mbs) for a, mbs in zip(self.actors, per_rank)], "trainer (stats)")
 
     def train(self, step: int, per_rank: Sequence[Sequence[Any]], loss_cfg: Any, denoms: Sequence[float],
@@ -203,9 +267,26 @@ class TrainerGroup:
         refs = [a.train.remote(step, mbs, loss_cfg, denoms, norm_len) for a, mbs in zip(self.actors, per_rank)]
         return get(refs, "trainer (train)")[0]
 
-    def export_weights(self, bucket_bytes: int) -> WeightExport:
-        outs = [a.export_weights.options(num_returns=2).remote(bucket_bytes) for a in self.actors]
+    def export_weights(self, bucket_bytes: int, dtype: Optional[str] = None) -> WeightExport:
+        """Rank 0's full state dict (cast to ``dtype`` if given) as safetensors buckets in the object store."""
+        outs = [a.export_weights.options(num_returns=2).remote(bucket_bytes, dtype) for a in self.actors]
         return WeightExport(outs[0][0], [h for _, h in outs])
+
+    def weight_group_address(self) -> Tuple[str, int]:
+        """Rank 0's (ip, free port): the rendezvous of the trainer -> engines weight group."""
+        return get(self.actors[0].address.remote(), "trainer rank 0 (address)")
+
+    def open_weight_group_async(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> Any:
+        """Rank 0 joins the weight group as rank 0; a ref, to wait on together with the engines'."""
+        return self.actors[0].open_weight_group.remote(host, port, world_size, backend, timeout_s)
+
+    def stage_weights(self, bucket_bytes: int, dtype: str, backend: str) -> Dict[str, Any]:
+        """Gather (every rank) and pack (rank 0) for a broadcast; rank 0's ``{plan, hash, metrics}``."""
+        return get([a.stage_weights.remote(bucket_bytes, dtype, backend) for a in self.actors],
+                   "trainer (stage_weights)")[0]
+
+    def send_weights_async(self) -> Any:
+        return self.actors[0].send_weights.remote()
 
     def received_schedules(self) -> List[List[Dict[str, float]]]:
         return get([a.received_schedule.remote() for a in self.actors], "trainer (schedule)")
@@ -261,6 +342,11 @@ class Pools:
     reward: RewardGroup
     trainers: TrainerGroup
     scheduler: SchedulerClient
+    transport: Any = None  # rlvr.rollout.transport.WeightTransport (weight_sync.transport)
+
+    def sync_weights(self) -> Any:
+        """Trainer rank 0's weights to every engine; a ``SyncResult`` (sent hash, loaded hashes, metrics)."""
+        return self.transport.sync(self.trainers, self.rollouts)
 
 
 def start_ray(cfg: RLConfig) -> None:
@@ -286,5 +372,8 @@ def create_serving(cfg: RLConfig, classes: ActorClasses, model_path: str,
 
 def create_pools(cfg: RLConfig, classes: ActorClasses, model_path: str, run_dir: str) -> Pools:
     rollouts, reward = create_serving(cfg, classes, model_path, run_dir)
+    from rlvr.rollout.transport import make_transport
+
     trainers = TrainerGroup.create(classes.trainer, cfg, model_path)
-    return Pools(rollouts, reward, trainers, SchedulerClient.create(classes.scheduler, cfg, trainers))
+    return Pools(rollouts, reward, trainers, SchedulerClient.create(classes.scheduler, cfg, trainers),
+                 make_transport(cfg))

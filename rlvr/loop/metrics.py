@@ -44,7 +44,8 @@ METRIC_KEYS = (
     "loss/clip_frac_low", "loss/clip_frac_high", "loss/approx_kl", "train/loss", "train/grad_norm",
     "train/lr", "train/trained_frac", "time/generate", "time/verify", "time/stats", "time/credit", "time/train",
     "time/train_compute", "time/sync", "time/step", "perf/tokens_per_s", "rollout/logprob_mismatch",
-)
+    "loss/kl_ref", "reward/overlong_penalty_mean", "reward/overlong_frac", "sampling/rounds", "sampling/groups_short",
+)  # the last five only with a KL term, the overlong penalty, DAPO dynamic sampling
 
 # (label, key, format) of the console line; "reward" is always printed (other tools grep for it).
 CONSOLE_KEYS = (
@@ -54,6 +55,7 @@ CONSOLE_KEYS = (
     ("ent", "policy/entropy", "{:.3f}"),
     ("pct", "schedule/percentile", "{:.3f}"),
     ("kl", "loss/approx_kl", "{:.4f}"),
+    ("kl_ref", "loss/kl_ref", "{:.4f}"),
     ("len", "response/length_mean", "{:.1f}"),
     ("tok/s", "perf/tokens_per_s", "{:.0f}"),
     ("t", "time/step", "{:.1f}s"),
@@ -84,6 +86,9 @@ def format_line(step: int, total: int, metrics: Mapping[str, Any]) -> str:
             parts.append(f"{label}={fmt.format(value)}")
         elif key == "reward/mean":
             parts.append("reward=nan")
+    short = as_number(metrics.get("sampling/groups_short"))
+    if short:  # DAPO dynamic sampling ran out of rounds before filling the batch with informative groups
+        parts.append(f"(short {short:.0f} groups after {as_number(metrics.get('sampling/rounds')) or 0:.0f} rounds)")
     return " ".join(parts)
 
 

@@ -16,7 +16,7 @@ resumed run samples exactly what the original did.
 
 from __future__ import annotations
 
-from typing import List, Protocol, Sequence
+from typing import Any, Dict, List, Protocol, Sequence
 
 from rlvr.config import RolloutConfig
 from rlvr.registry import Registry
@@ -38,6 +38,15 @@ class RolloutEngine(Protocol):
 
     def weights_hash(self) -> str:
         """Hash of the last weights loaded ("" before any load)."""
+
+    def open_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float) -> List[int]:
+        """Join trainer rank 0's weight group (:mod:`rlvr.rollout.collective`) with every worker, worker j
+        as rank ``rank_offset + j``; a rendezvous: returns once all members joined.  Returns the ranks."""
+
+    def receive_weights(self, plan: list) -> Dict[str, Any]:
+        """Receive and load rank 0's broadcast buckets (``plan``: the slots of each bucket);
+        returns ``{"hash", "transfer_s", "load_s"}``."""
 
 
 ROLLOUT_BACKENDS: Registry[type] = Registry("rollout.backend", {"vllm": VLLMEngine})

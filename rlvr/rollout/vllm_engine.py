@@ -4,14 +4,15 @@ Design: each sample returns its response ids, the engine's sampling log-probs (a
 temperature, which is what the trainer recomputes; empty with ``return_logprobs`` off)
 and the full decoded text (what the verifier scores).  New weights enter through
 ``WeightSyncExtension`` (:mod:`rlvr.rollout.weight_sync`), vLLM's ``worker_extension_cls``,
-so they reach every tensor-parallel worker; the prefix cache is dropped after a load.
+so they reach every tensor-parallel worker; the prefix cache is dropped after a load.  With
+``weight_sync.transport=collective`` every worker also joins trainer rank 0's broadcast group.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from rlvr.rollout.sample import Sample
 from rlvr.config import RolloutConfig
@@ -59,6 +60,21 @@ class VLLMEngine:
 
     def weights_hash(self) -> str:
         return self.llm.collective_rpc("rlvr_weights_hash_loaded")[0]
+
+    def open_weight_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float) -> List[int]:
+        # collective_rpc runs on every tensor-parallel worker at once, as the rendezvous needs
+        return self.llm.collective_rpc("rlvr_open_group",
+                                       args=(host, port, rank_offset, world_size, backend, timeout_s))
+
+    def receive_weights(self, plan: list) -> Dict[str, Any]:
+        loaded = self.llm.collective_rpc("rlvr_receive", args=(plan,))
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+        hashes = [r["hash"] for r in loaded]
+        if len(set(hashes)) != 1:
+            raise RuntimeError(f"tensor-parallel workers loaded different weights: {hashes}")
+        return {"hash": hashes[0], "transfer_s": max(r["transfer_s"] for r in loaded),
+                "load_s": max(r["load_s"] for r in loaded)}
 
 
 def make_llm(model_path: str, cfg: RolloutConfig, seed: int):

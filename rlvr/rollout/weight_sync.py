@@ -1,40 +1,53 @@
-"""Trainer -> rollout weight sync, once per optimizer step.
+"""Trainer -> rollout weight sync, once per optimizer step: buckets, hashes and the engine side.
 
-Design: one interface, two transports.
-* object store (CPU, and any cluster without a shared GPU fabric): trainer
+Design: two transports behind one protocol (:mod:`rlvr.rollout.transport`, ``weight_sync.transport``).
+* object store (the default; CPU, and any cluster without a shared GPU fabric): trainer
   rank 0 gathers the full state dict from the FSDP shards (a collective every
-  rank joins), serialises it once into a few safetensors buckets, and the
+  rank joins), serialises it once into a few safetensors buckets (``to_buckets``), and the
   driver hands the *object reference* to every rollout worker: one put, N
   zero-copy reads from Ray's object store, no per-parameter calls.
-* NCCL broadcast (GPU): the same tensors are broadcast from trainer rank 0 to
-  the engines over a NCCL group, flattened per dtype (``broadcast_buckets``).
+* collective: the same tensors, cast to the engines' dtype and packed into uint8 buckets, are
+  broadcast from trainer rank 0 over a stateless gloo/NCCL group (``rlvr_open_group`` /
+  ``rlvr_receive`` below) and loaded as they arrive.
 
 On the vLLM side, ``WeightSyncExtension`` is a ``worker_extension_cls``: the CPU
 backend repacks linear weights, so it must go through the worker's
 ``reload_weights(weights_iterator=...)`` rather than ``model.load_weights``.
-Every update records a hash of the tensors loaded, which the driver compares
-with the trainer's hash of what it sent.
+Every update records a hash of the tensors loaded (one digest per tensor, so a stream can be
+hashed as it goes), which the driver compares with the trainer's hash of what it sent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Dict, Iterable, List, Tuple
+import time
+from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 
+def tensor_digest(name: str, t: torch.Tensor) -> bytes:
+    """Digest of one named tensor: name, dtype, shape and bytes."""
+    t = t.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()
+
+
+def combine_digests(digests: Dict[str, bytes]) -> str:
+    """Order-independent hash of per-tensor digests."""
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(digests[name])
+    return h.hexdigest()[:16]
+
+
 def state_dict_hash(items: Iterable[Tuple[str, torch.Tensor]]) -> str:
     """Order-independent digest of named tensors (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(items, key=lambda kv: kv[0]):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    return combine_digests({name: tensor_digest(name, t) for name, t in items})
 
 
 def to_buckets(state_dict: Dict[str, torch.Tensor], bucket_bytes: int = 256 << 20) -> List[bytes]:
@@ -95,24 +108,43 @@ class WeightSyncExtension:
     def rlvr_weights_hash_loaded(self) -> str:
         return getattr(self, "rlvr_weights_hash", "")
 
+    def rlvr_open_group(self, host: str, port: int, rank_offset: int, world_size: int, backend: str,
+                        timeout_s: float) -> int:
+        """Join the trainer's weight group as rank ``rank_offset`` + this worker's tensor-parallel rank."""
+        from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
 
-def broadcast_buckets(state_dict: Dict[str, torch.Tensor] | None, names_shapes, group, src: int = 0):
-    """GPU transport: broadcast every tensor from ``src`` over a NCCL ``group`` (one call per bucketed
-    flat buffer).  Receivers pass ``state_dict=None`` and ``names_shapes`` [(name, shape, dtype)]
-    and get the tensors back as an iterator for ``reload_weights``."""
-    import torch.distributed as dist
+        from rlvr.rollout.collective import WeightGroup
 
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    for dtype in sorted({d for _, _, d in names_shapes}, key=str):
-        group_items = [(n, s) for n, s, d in names_shapes if d == dtype]
-        numel = sum(int(torch.Size(s).numel()) for _, s in group_items)
-        if state_dict is not None:
-            flat = torch.cat([state_dict[n].to(device, dtype).reshape(-1) for n, _ in group_items])
-        else:
-            flat = torch.empty(numel, dtype=dtype, device=device)
-        dist.broadcast(flat, src=src, group=group)
-        offset = 0
-        for name, shape in group_items:
-            n = int(torch.Size(shape).numel())
-            yield name, flat[offset: offset + n].view(shape)
-            offset += n
+        self.rlvr_close_group()
+        rank = rank_offset + get_tensor_model_parallel_rank()
+        self.rlvr_group = WeightGroup(host, port, rank, world_size, backend, timeout_s)
+        return rank
+
+    def rlvr_close_group(self) -> None:
+        group = getattr(self, "rlvr_group", None)
+        if group is not None:
+            group.close()
+            self.rlvr_group = None
+
+    def rlvr_receive(self, plan) -> Dict[str, Any]:
+        """Receive rank 0's buckets (``plan``: the slots of each) straight into ``reload_weights``;
+        returns the hash of what was loaded and the seconds spent receiving and loading."""
+        _quiet_rotary_reload()
+        group, digests, timer, failed = self.rlvr_group, {}, {"transfer_s": 0.0}, []
+
+        def weights():
+            try:
+                for name, t in group.receive(plan, timer):
+                    digests[name] = tensor_digest(name, t)
+                    yield name, t
+            except RuntimeError as exc:  # timeout or a dead peer: end the reload cleanly, so layers that got
+                failed.append(exc)  # nothing keep their weights instead of being left on the meta device
+
+        t0 = time.perf_counter()
+        self.model_runner.reload_weights(weights_iterator=weights())
+        self.rlvr_weights_hash = "" if failed else combine_digests(digests)  # "": matches no sent hash
+        if failed:
+            raise failed[0]
+        total = time.perf_counter() - t0
+        return {"hash": self.rlvr_weights_hash, "transfer_s": timer["transfer_s"],
+                "load_s": total - timer["transfer_s"]}

@@ -34,6 +34,9 @@ PANELS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "timing": ("phase time per step", "seconds",
                ("time/generate", "time/verify", "time/credit", "time/train", "time/sync")),
     "length": ("response length", "tokens", ("response/length_mean",)),
+    "pipeline": ("pools busy and overlapping (which pool to grow)", "fraction of the step / versions",
+                 ("pipeline/rollout_busy_frac", "pipeline/trainer_busy_frac", "pipeline/overlap_frac",
+                  "pipeline/staleness")),
 }
 LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 # Columns of the HTML table: (header, key, how).

@@ -6,6 +6,10 @@ algorithm-blind).  The trainer only (1) recomputes ``old_logprob`` and entropy
 when the driver needs them before the update (entropy-ranked credit, several
 updates per batch; on-policy otherwise, ``old_logprob = logprob.detach()`` as in
 TRL and verl, saving one forward pass per step),
+and, with a KL term (``kl_coef > 0``), the frozen reference policy's
+log-probs in the same no-grad pass (``ref_logprob``; the reference is the
+starting checkpoint, sharded like the policy, never updated or synced, no
+optimizer; with ``kl_coef = 0`` it is never built),
 (2) runs micro-batched forward/backward with gradient accumulation, where each
 micro-batch's loss is divided by the *whole batch's* denominator so that the
 summed micro-batch gradients — across micro-batches and, via
@@ -18,10 +22,11 @@ It runs unsharded (``mesh=None``) in tests and in the 1-process reference.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -66,21 +71,34 @@ def policy_metrics(sums: Dict[str, float]) -> Dict[str, float]:
     return out
 
 
+def frozen_reference(hf_model: torch.nn.Module, cfg: TrainerConfig, mesh, device: torch.device) -> torch.nn.Module:
+    """The reference policy of the KL term: wrapped and sharded exactly like the policy (same ``parallelize``,
+    so before the first update its log-probs are the policy's; bit for bit on CPU), in eval mode, without
+    gradients, outside the optimizer and the checkpoints."""
+    reference = parallelize(PolicyModel(hf_model, chunk=cfg.logprob_chunk).to(device), mesh, cfg)
+    return reference.requires_grad_(False).eval()
+
+
 class Trainer:
-    def __init__(self, model_path: str, cfg: TrainerConfig, mesh=None, device: str = "cpu", temperature: float = 1.0):
+    def __init__(self, model_path: str, cfg: TrainerConfig, mesh=None, device: str = "cpu", temperature: float = 1.0,
+                 reference: bool = False):
+        """``reference``: also hold the frozen reference policy (the checkpoint at ``model_path``), for a KL term."""
         check_attn_implementation(cfg.attn_implementation, torch.device(device), cfg.dtype)
-        self._setup(load_hf_model(model_path, cfg.attn_implementation), cfg, mesh, device, temperature)
+        load_ref = (lambda: load_hf_model(model_path, cfg.attn_implementation)) if reference else None
+        self._setup(load_hf_model(model_path, cfg.attn_implementation), cfg, mesh, device, temperature, load_ref)
 
     @classmethod
     def from_hf_model(cls, hf_model: torch.nn.Module, cfg: TrainerConfig, mesh=None, device: str = "cpu",
-                      temperature: float = 1.0) -> "Trainer":
+                      temperature: float = 1.0, reference: bool = False) -> "Trainer":
         """A trainer around an already built fp32 HF model (benchmarks build random models in code)."""
         check_attn_implementation(cfg.attn_implementation, torch.device(device), cfg.dtype)
         trainer = cls.__new__(cls)
-        trainer._setup(hf_model, cfg, mesh, device, temperature)
+        ref_model = copy.deepcopy(hf_model) if reference else None  # before sharding moves the policy in place
+        trainer._setup(hf_model, cfg, mesh, device, temperature, (lambda: ref_model) if reference else None)
         return trainer
 
-    def _setup(self, hf_model: torch.nn.Module, cfg: TrainerConfig, mesh, device: str, temperature: float) -> None:
+    def _setup(self, hf_model: torch.nn.Module, cfg: TrainerConfig, mesh, device: str, temperature: float,
+               load_reference: Optional[Callable[[], torch.nn.Module]] = None) -> None:
         self.cfg = cfg
         self.temperature = temperature  # the rollout's sampling temperature: train on the sampled distribution
         self.mesh = mesh
@@ -88,6 +106,8 @@ class Trainer:
         self.world_size = mesh.size() if mesh is not None else 1
         policy = PolicyModel(hf_model, chunk=cfg.logprob_chunk)
         self.policy = parallelize(policy.to(self.device), mesh, cfg)
+        # loaded after the policy is sharded, so a rank never holds two unsharded copies at once
+        self.reference = None if load_reference is None else frozen_reference(load_reference(), cfg, mesh, self.device)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
         )
@@ -96,15 +116,16 @@ class Trainer:
         self.optimizer_steps = 0
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, mb: MicroBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-response ``[n, T]`` log-prob and entropy of one micro-batch (packed or padded: one path)."""
+    def _forward(self, mb: MicroBatch, model: Optional[torch.nn.Module] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-response ``[n, T]`` log-prob and entropy of one micro-batch (packed or padded: one path) under
+        ``model`` (the policy unless given)."""
         if mb.packed != self.cfg.packing:
             raise ValueError(
                 f"got a {'packed' if mb.packed else 'padded'} micro-batch but trainer.packing={self.cfg.packing}; "
                 "build it with rlvr.train.batching.build_micro_batch(samples, index, packing=cfg.trainer.packing)"
             )
         attention_mask = None if mb.attention_mask is None else mb.attention_mask.to(self.device)
-        logprob, entropy = self.policy(
+        logprob, entropy = (model or self.policy)(
             mb.input_ids.to(self.device), mb.position_ids.to(self.device), mb.targets.to(self.device),
             self.temperature, attention_mask,
         )
@@ -112,13 +133,17 @@ class Trainer:
         return logprob[idx] * mask, entropy[idx] * mask
 
     @torch.no_grad()
-    def compute_stats(self, micro_batches: Sequence[MicroBatch]) -> List[Tuple[List[int], torch.Tensor, torch.Tensor]]:
-        """``old_logprob`` and entropy for every response: ``[(sample_index, logprob, entropy)]``."""
+    def compute_stats(self, micro_batches: Sequence[MicroBatch]) -> List[Tuple]:
+        """``old_logprob`` and entropy for every response: ``[(sample_index, logprob, entropy)]``, each tuple
+        followed by the reference policy's ``ref_logprob`` ``[n, T]`` when this trainer holds one."""
         self.policy.eval()
         out = []
         for mb in micro_batches:
             logprob, entropy = self._forward(mb)
-            out.append((mb.sample_index, logprob.float().cpu(), entropy.float().cpu()))
+            row = (mb.sample_index, logprob.float().cpu(), entropy.float().cpu())
+            if self.reference is not None:
+                row += (self._forward(mb, self.reference)[0].float().cpu(),)
+            out.append(row)
         return out
 
     # ------------------------------------------------------------------ update
