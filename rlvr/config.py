@@ -56,6 +56,11 @@ DATASETS = ("arithmetic", "gsm8k", "math", "verl", "columns")
 VERIFIERS = ("arithmetic", "gsm8k", "math")
 ROLLOUT_BACKENDS = ("vllm",)
 WEIGHT_TRANSPORTS = ("object_store", "collective")
+TRAINER_ENGINES = ("fsdp2", "deepspeed")
+DEEPSPEED_OPTIMIZERS = ("torch_adamw", "cpu_adam", "fused_adam")
+TASKS = ("single", "chain")  # generated arithmetic: one operation, or a chain answered step by step
+SAMPLINGS = ("standard", "dynamic", "reinforce_ada")  # how a step's groups are sampled
+DOWN_SAMPLINGS = ("none", "intra_group", "cross_group")  # D^3S sample level (rlvr.algo.d3s.DOWN_SAMPLING)
 
 
 # --------------------------------------------------------------------------- schedules
@@ -90,6 +95,7 @@ class ScheduleSection:
     percentile: ScheduleConfig = field(default_factory=lambda: constant(0.0))  # credit threshold
     decay: ScheduleConfig = field(default_factory=lambda: constant(0.0))  # weight of untargeted tokens
     entropy_adv_scale: ScheduleConfig = field(default_factory=lambda: constant(0.0))  # s in A' = A + s*psi
+    sample_keep: ScheduleConfig = field(default_factory=lambda: constant(1.0))  # D^3S: share of samples kept
 
 
 # --------------------------------------------------------------------------- model / data
@@ -109,6 +115,8 @@ class TinyModelConfig:
     warmstart_direct: float = bounded(0.3, 0.0, 1.0)  # share of multi-digit warm-start problems answered
     # bare, not written out
     seed: int = 0  # seed of the initialisation and the warm-start data
+    task: str = choice("single", *TASKS)  # generated task of the warm start (chain: warmstart_direct is the share
+    # of complete teacher solutions); "single" stays out of the cache key
 
     @property
     def head_dim(self) -> int:
@@ -131,6 +139,7 @@ class DatasetConfig:
     synthetic_seed: int = 1  # generator seed of the arithmetic task (train and eval differ)
     max_operand: int = bounded(30, 1)  # operands of the arithmetic task are drawn from [0, max_operand]
     heldout: bool = False  # arithmetic: draw from the held-out part of the prompts (disjoint from training)
+    task: str = choice("single", *TASKS)  # arithmetic without a path: "12+7=" or a chain "12+7-3=" (rlvr.data.chain)
     prompt_key: str = "prompt"  # adapter=columns: the column holding the prompt text
     answer_key: str = "answer"  # adapter=columns: the column holding the ground truth
     verifier: str = choice("math", *VERIFIERS)  # adapter=columns: the verifier of every row
@@ -188,7 +197,20 @@ class VerifierConfig(PoolConfig):
 
 
 @dataclass
+class DeepSpeedConfig:
+    """``trainer.engine=deepspeed``: ZeRO stage, offload and optimizer (rlvr.train.deepspeed_trainer)."""
+
+    zero_stage: int = bounded(2, 1, 3)  # 1: optimizer state sharded, 2: + gradients, 3: + parameters
+    offload_optimizer: str = choice("none", "none", "cpu")  # keep optimizer state (and its step) in CPU memory
+    offload_params: str = choice("none", "none", "cpu")  # keep sharded parameters in CPU memory (ZeRO-3 only)
+    optimizer: str = choice("torch_adamw", *DEEPSPEED_OPTIMIZERS)  # torch AdamW (no compile), DeepSpeedCPUAdam
+    # or FusedAdam (both compile a C++/CUDA op on first use); all AdamW with trainer.lr/betas/weight_decay
+
+
+@dataclass
 class TrainerConfig(PoolConfig):
+    engine: str = choice("fsdp2", *TRAINER_ENGINES)  # training engine (rlvr.train.engines.TRAINER_ENGINES)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # used when engine == deepspeed
     lr: float = bounded(1e-5, above=0)  # AdamW learning rate
     weight_decay: float = bounded(0.0, 0)  # AdamW weight decay
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
@@ -279,8 +301,11 @@ class AlgorithmConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     credit: CreditConfig = field(default_factory=CreditConfig)
     entropy_adv: EntropyAdvConfig = field(default_factory=EntropyAdvConfig)
-    dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and sample again
-    max_sampling_rounds: int = bounded(3, 1)  # bound on dynamic-sampling generations per step
+    dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and sample again (= sampling: dynamic)
+    max_sampling_rounds: int = bounded(3, 1)  # bound on dynamic-sampling / Reinforce-Ada generations per step
+    sampling: str = choice("standard", *SAMPLINGS)  # reinforce_ada: sample a prompt again until it has a right and
+    # a wrong answer, then keep a balanced group (rlvr.algo.reinforce_ada)
+    down_sample: str = choice("none", *DOWN_SAMPLINGS)  # D^3S: keep the max-Var(A) subset (schedule.sample_keep)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)  # DAPO length penalty (off by default)
 
 
@@ -374,7 +399,7 @@ def _expand_schedules(node: Any, where: str) -> Any:
     """Let a scalar stand for a constant schedule: ``schedule.percentile=0.2``."""
     sched = node.get("schedule") if OmegaConf.is_dict(node) else None
     if OmegaConf.is_dict(sched):
-        for key in ("percentile", "decay", "entropy_adv_scale"):
+        for key in ("percentile", "decay", "entropy_adv_scale", "sample_keep"):
             value = sched.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 sched[key] = {"kind": "constant", "magnitude": float(value), "end": float(value)}

@@ -124,6 +124,7 @@ def check_cross(cfg: Any) -> None:
     _check_batch(cfg)
     _check_rollout_and_pools(cfg)
     _check_weight_sync(cfg)
+    _check_deepspeed(cfg)
     for split in ("train", "eval"):
         ds = getattr(cfg.data, split)
         need(ds.path is not None or ds.adapter == "arithmetic",
@@ -135,7 +136,11 @@ def _check_schedules(cfg: Any) -> None:
         s = getattr(cfg.schedule, name)
         need(0.0 <= s.magnitude <= 1.0 and 0.0 <= s.end <= 1.0,
              f"schedule.{name} values must be fractions in [0, 1], got magnitude={s.magnitude} end={s.end}")
-    for name in ("percentile", "decay", "entropy_adv_scale"):
+    keep = cfg.schedule.sample_keep
+    need(0.0 < keep.magnitude <= 1.0 and 0.0 < keep.end <= 1.0,
+         f"schedule.sample_keep values must be fractions in (0, 1] (the share of samples D^3S keeps), "
+         f"got magnitude={keep.magnitude} end={keep.end}")
+    for name in ("percentile", "decay", "entropy_adv_scale", "sample_keep"):
         s = getattr(cfg.schedule, name)
         need(math.isfinite(s.magnitude) and math.isfinite(s.end),
              f"schedule.{name}: magnitude and end must be finite numbers, got {s.magnitude} and {s.end}")
@@ -163,11 +168,39 @@ def _check_algorithm(cfg: Any) -> None:
          f"algorithm.advantage={a.advantage} needs algorithm.group_size >= 2")
     need(not a.dynamic_sampling or a.group_size >= 2,
          "algorithm.dynamic_sampling drops zero-variance groups, so it needs algorithm.group_size >= 2")
+    _check_sampling(cfg)
     # kl_coef > 0 needs no rule across fields: the trainers then hold a frozen reference policy, the driver
     # takes the stats pass for its log-probs and trains zero-advantage groups too (they still carry the KL).
     betas = list(cfg.trainer.betas)
     need(len(betas) == 2 and all(in_range(b, 0.0, 1.0, None) and b < 1.0 for b in betas),
          f"trainer.betas = {betas} must be two AdamW betas in [0, 1)")
+
+
+def _check_sampling(cfg: Any) -> None:
+    """Rollout variants (DAPO dynamic sampling, Reinforce-Ada) and D^3S's sample level."""
+    a = cfg.algorithm
+    need(not a.dynamic_sampling or a.sampling in ("standard", "dynamic"),
+         f"algorithm.dynamic_sampling=true is algorithm.sampling=dynamic: it cannot be combined with "
+         f"algorithm.sampling={a.sampling}")
+    need(a.sampling == "standard" or a.group_size >= 2,
+         f"algorithm.sampling={a.sampling} needs algorithm.group_size >= 2 (groups with right and wrong answers)")
+    need(a.sampling != "reinforce_ada" or not a.overlong.enabled,
+         "algorithm.sampling=reinforce_ada takes its baseline from the verifier rewards of every response "
+         "collected for a prompt: turn algorithm.overlong off (max_len=0)")
+    need(a.sampling != "reinforce_ada" or a.advantage in ("grpo", "dr_grpo"),
+         f"algorithm.sampling=reinforce_ada computes its own per-prompt advantage (grpo: normalised, dr_grpo: "
+         f"centred only); algorithm.advantage={a.advantage} is neither")
+    keep = cfg.schedule.sample_keep
+    need(a.down_sample != "none" or (keep.magnitude == 1.0 and keep.end == 1.0),
+         "schedule.sample_keep is below 1 but algorithm.down_sample=none keeps every sample: "
+         "set algorithm.down_sample to intra_group or cross_group")
+    train, evaluation = cfg.data.train, cfg.data.eval
+    if train.path is None and evaluation.path is None:
+        need(train.task == evaluation.task,
+             f"data.train.task={train.task} but data.eval.task={evaluation.task}: evaluate on the task you train on")
+    need(cfg.model.path != "tiny" or train.path is not None or cfg.model.tiny.task == train.task,
+         f"model.tiny.task={cfg.model.tiny.task} warm-starts the tiny model on another task than "
+         f"data.train.task={train.task}: set both")
 
 
 def _check_batch(cfg: Any) -> None:
@@ -215,6 +248,22 @@ def _check_weight_sync(cfg: Any) -> None:
     need(r.num_gpus >= 1 and t.num_gpus >= 1,
          f"weight_sync.transport=collective on GPUs needs whole GPUs per actor (NCCL refuses two ranks on one "
          f"GPU), got rollout.num_gpus={r.num_gpus} trainer.num_gpus={t.num_gpus}")
+
+
+def _check_deepspeed(cfg: Any) -> None:
+    """``trainer.deepspeed`` is read only with ``trainer.engine=deepspeed``; what DeepSpeed would refuse at start."""
+    if cfg.trainer.engine != "deepspeed":
+        return
+    ds = cfg.trainer.deepspeed
+    need(ds.offload_params == "none" or ds.zero_stage == 3,
+         f"trainer.deepspeed.offload_params={ds.offload_params} needs trainer.deepspeed.zero_stage=3 "
+         f"(only ZeRO-3 shards parameters), got zero_stage={ds.zero_stage}")
+    need(ds.offload_optimizer == "none" or ds.optimizer == "cpu_adam",
+         f"trainer.deepspeed.offload_optimizer={ds.offload_optimizer} steps the optimizer on the CPU: set "
+         f"trainer.deepspeed.optimizer=cpu_adam (got {ds.optimizer})")
+    need(ds.optimizer != "cpu_adam" or ds.offload_optimizer == "cpu" or cfg.trainer.num_gpus == 0,
+         "trainer.deepspeed.optimizer=cpu_adam on GPU trainers needs trainer.deepspeed.offload_optimizer=cpu "
+         "(DeepSpeedCPUAdam steps CPU tensors)")
 
 
 # --------------------------------------------------------------------------- paths

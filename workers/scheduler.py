@@ -1,14 +1,15 @@
 """Scheduler: the single named actor that owns the global step and drives TP-Schedule.
 
-Each iteration it evaluates the percentile, decay and entropy-advantage-scale
-schedules at the current step and *pushes* them to every trainer before the
+Each iteration it evaluates the percentile, decay, entropy-advantage-scale and
+sample-keep schedules at the current step and *pushes* them to every trainer before the
 train call (the broadcast the paper's temporal schedule needs); its state is
 part of every checkpoint.
 
 Contract (called by :class:`rlvr.loop.groups.SchedulerClient` from the RL step):
 
 * ``__init__(cfg: ScheduleSection, trainers)``: the trainer rank handles it pushes to.
-* ``values(step) -> {step, percentile, decay, entropy_adv_scale}``: the schedules at ``step``.
+* ``values(step) -> {step, percentile, decay, entropy_adv_scale, sample_keep}``: the schedules at ``step``
+  (``sample_keep``: the share of samples D^3S keeps, :mod:`rlvr.algo.d3s`).
 * ``broadcast() -> values``: pushes the current step's values to every trainer
   (``set_schedule``), blocking until all have them, and returns them.
 * ``advance() -> step``: marks the current step done.
@@ -36,6 +37,7 @@ class Scheduler:
             "percentile": schedule_value(self.cfg.percentile, step, T),
             "decay": schedule_value(self.cfg.decay, step, T),
             "entropy_adv_scale": schedule_value(self.cfg.entropy_adv_scale, step, T),
+            "sample_keep": schedule_value(self.cfg.sample_keep, step, T),
         }
 
     def broadcast(self) -> Dict[str, float]:

@@ -33,6 +33,7 @@ from rlvr.data.adapters import (
     check_columns,
 )
 from rlvr.data.arithmetic import GENERATOR_VERSION, generate_arithmetic, is_heldout
+from rlvr.data.chain import generate_chain
 from rlvr.data.readers import READERS, column_names, Unparsable, reader_for
 from rlvr.data.sampler import PromptSampler
 
@@ -67,9 +68,8 @@ def load_dataset(cfg: DatasetConfig, on_bad_row: str = "skip") -> list[Prompt]:
     if cfg.path is None:
         if cfg.adapter != "arithmetic":
             raise DataError(f"dataset adapter '{cfg.adapter}' needs a path (only 'arithmetic' is generated)")
-        prompts = generate_arithmetic(
-            cfg.synthetic_rows, cfg.synthetic_seed, cfg.max_operand, heldout=cfg.heldout
-        )
+        generate = generate_chain if cfg.task == "chain" else generate_arithmetic
+        prompts = generate(cfg.synthetic_rows, cfg.synthetic_seed, cfg.max_operand, heldout=cfg.heldout)
         return prompts if cfg.limit is None else prompts[: cfg.limit]
     path = Path(cfg.path).expanduser()
     check_columns(cfg, column_names(path), str(path))  # a missing column fails before any row is read

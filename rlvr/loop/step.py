@@ -1,9 +1,10 @@
 """The RL step of TP-Schedule (arXiv 2605.25381) across the actor pools.
 
 One step, top to bottom (``RLLoop.step``):
-  sample prompts -> generate (vLLM) -> verify the FULL response -> [DAPO
-  overlong penalty on the response length] -> advantages
-  -> scheduler broadcasts (step, percentile, decay) -> [old log-probs/entropy,
+  sample prompts -> generate (vLLM) -> verify the FULL response [-> DAPO dynamic
+  sampling or Reinforce-Ada's further rounds] -> [DAPO overlong penalty on the
+  response length] -> advantages -> scheduler broadcasts (step, percentile,
+  decay, sample_keep) -> [D^3S: keep the max-Var(A) samples] -> [old log-probs/entropy,
   only when credit or the entropy-shaped advantage ranks by them, or the batch
   takes several updates; plus the reference log-probs of a KL term]
   -> token credit -> train (FSDP) -> sync weights to the engines.
@@ -28,6 +29,13 @@ Design decisions:
   groups) are left out of the forward/backward after the loss denominator is
   fixed: the gradient is unchanged (``trainer.skip_zero_advantage``; not with a
   KL term).  Unlike DAPO's dynamic sampling this keeps the estimator as it is.
+* ``algorithm.sampling`` picks the rollout: ``standard``, ``dynamic`` (DAPO; also
+  ``dynamic_sampling=true``) or ``reinforce_ada`` (:func:`reinforce_ada_rollout`:
+  a prompt is sampled again, G responses a round, until it can form a balanced
+  group; its advantages use the mean/std of every response collected for it).
+* D^3S's sample level (``algorithm.down_sample``, :mod:`rlvr.algo.d3s`) ANDs its
+  kept mask into the token mask before the credit: a dropped sample gets
+  advantage 0 and token_weight 0, so it counts in no denominator.
 * The step talks to pools (:mod:`rlvr.loop.groups`), never to single actors: a dead
   rollout or reward actor is restarted there, with the latest weights re-sent.
 """
@@ -42,9 +50,11 @@ import torch
 
 from rlvr.algo.advantages import ADVANTAGES
 from rlvr.algo.credit import POLICY_STAT_CRITERIA, CreditInputs, compute_token_weight
+from rlvr.algo.d3s import down_sample
 from rlvr.algo.entropy_adv import shape_advantages
 from rlvr.algo.losses import aggregation_denominator
 from rlvr.algo.overlong import overlong_penalty
+from rlvr.algo.reinforce_ada import balanced_group, is_done, prompt_advantages
 from rlvr.config import AlgorithmConfig, LossConfig, OverlongConfig, RLConfig
 from rlvr.data import encode_prompts
 from rlvr.algo.offpolicy import OFF_POLICY, OffPolicyInputs
@@ -64,6 +74,7 @@ class RLLoop:
         self.cfg, self.pools, self.tokenizer = cfg, pools, tokenizer
         self.times: Dict[str, float] = {}
         self.sampling: Dict[str, float] = {}  # the last rollout's dynamic-sampling outcome (sampling/*)
+        self.collected: Optional[List[List[float]]] = None  # Reinforce-Ada: every reward of each group's prompt
         self.pipeline = RolloutPipeline(self, cfg.rollout.max_staleness)
         self.trainer_busy: List[Interval] = []  # when the trainers ran stats / train / sync
 
@@ -77,8 +88,9 @@ class RLLoop:
         verified = torch.tensor([s.reward for s in samples])
         rewards, reward_metrics = shape_rewards(verified, torch.tensor([len(s.response_ids) for s in samples]),
                                                 a.overlong)
-        adv_seq, adv_metrics = ADVANTAGES.get(a.advantage)(rewards, a.group_size, a.advantage_eps)
+        adv_seq, adv_metrics = self.advantages(rewards)
         values = self.pools.scheduler.broadcast()
+        kept, kept_metrics = self.select_samples(values, adv_seq)  # D^3S sample level
         _, mask = pad_responses(samples)
         old_logprob = entropy = ref_logprob = None
         if needs_policy_stats(self.cfg, values):  # else on-policy: the trainer uses its own forward
@@ -86,7 +98,7 @@ class RLLoop:
                 old_logprob, entropy, ref_logprob = self.old_stats(samples)
         with self.timed("credit"):
             advantages, token_weight, targeted, credit_metrics = assign_credit(
-                a, values, adv_seq, mask, old_logprob, entropy)
+                a, values, adv_seq, mask & kept[:, None], old_logprob, entropy)
             behaviour = pad_values([s.rollout_logprob for s in samples], mask.shape[1])
             advantages, token_weight, old_logprob, offpolicy_metrics = correct_off_policy(
                 a.loss, advantages, token_weight, mask, old_logprob, behaviour)
@@ -105,7 +117,8 @@ class RLLoop:
         n_tokens = float(mask.sum())
         metrics = {
             "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-            "train/accuracy": float((verified >= 1.0).float().mean()), **reward_metrics, **self.sampling,
+            "train/accuracy": float((verified >= 1.0).float().mean()), **reward_metrics,
+            **self.sampling, **kept_metrics,
             "response/length_mean": n_tokens / len(samples),
             "adv/zero_variance_group_frac": adv_metrics.get("zero_variance_group_frac", 0.0),
             "credit/targeted_frac": credit_metrics["targeted_frac"],
@@ -120,27 +133,30 @@ class RLLoop:
         return metrics
 
     def rollout(self, step: int, next_batch: Callable[[], Sequence]) -> Tuple[List[Sample], Dict[str, float]]:
-        """Generate and score; with DAPO dynamic sampling, keep only groups whose rewards differ,
-        drawing more prompts (at most ``max_sampling_rounds`` generations) to fill the batch.  A batch left
-        short says so in ``self.sampling``: ``sampling/groups_short`` (``prompts_per_step`` minus the
-        informative groups kept) and ``sampling/rounds``."""
+        """Generate and score per ``algorithm.sampling``; round 0 comes through the pipeline (generated up to
+        ``max_staleness`` steps ahead, scored as each engine finishes); the full response text is scored,
+        whatever the percentile.  ``self.sampling`` gets the rollout's ``sampling/*`` metrics."""
+        a = self.cfg.algorithm
+        self.sampling, self.collected = {}, None
+        samples, prompts, pipe_metrics = self.pipeline.take(step, step, next_batch)
+        mode = "dynamic" if a.dynamic_sampling else a.sampling
+        if mode == "dynamic" and a.max_sampling_rounds > 1:
+            samples = self.dynamic_rollout(step, samples, next_batch)
+        elif mode == "reinforce_ada":
+            samples, self.collected, self.sampling = reinforce_ada_rollout(self, step, prompts, samples)
+        return samples, pipe_metrics
+
+    def dynamic_rollout(self, step: int, samples: List[Sample], next_batch: Callable[[], Sequence]) -> List[Sample]:
+        """DAPO dynamic sampling: keep only groups whose rewards differ, drawing more prompts (at most
+        ``max_sampling_rounds`` generations) to fill the batch.  A batch left short says so in
+        ``self.sampling``: ``sampling/groups_short`` (``prompts_per_step`` minus the informative groups
+        kept) and ``sampling/rounds``."""
         a, world = self.cfg.algorithm, len(self.pools.trainers)
-        rounds = a.max_sampling_rounds if a.dynamic_sampling else 1
-        self.sampling = {}
         kept: List[List[Sample]] = []
-        # round 0 comes through the pipeline (generated up to max_staleness steps ahead, scored as each
-        # engine finishes); the full response text is scored, whatever the percentile
-        samples, _, pipe_metrics = self.pipeline.take(step, step, next_batch)
-        for r in range(rounds):
-            if r:  # dynamic sampling's further rounds: generated now, by the current policy
-                prompts = next_batch()
-                with self.timed("generate"):
-                    samples = self.generate(prompts, a.group_size, self.cfg.rollout.temperature, stream=step * 64 + r)
-                with self.timed("verify"):
-                    self.score(samples)
+        for r in range(a.max_sampling_rounds):
+            if r:  # further rounds: generated now, by the current policy
+                samples = self.generate_scored(next_batch(), step * 64 + r)
             groups = [samples[i:i + a.group_size] for i in range(0, len(samples), a.group_size)]
-            if rounds == 1:
-                return samples, pipe_metrics
             kept += [g for g in groups if len({s.reward for s in g}) > 1]
             if len(kept) >= self.cfg.data.prompts_per_step:
                 break
@@ -149,11 +165,30 @@ class RLLoop:
             kept.pop()  # every trainer rank must get the same number of samples
         self.sampling = {"sampling/rounds": float(r + 1),
                          "sampling/groups_short": float(self.cfg.data.prompts_per_step - len(kept))}
-        kept = kept or groups  # nothing informative: train on the last round (zero advantages)
-        for g, group in enumerate(kept):
-            for s in group:
-                s.group = g
-        return [s for group in kept for s in group], pipe_metrics
+        return regroup(kept or groups)  # nothing informative: train on the last round (zero advantages)
+
+    def generate_scored(self, prompts: Sequence, stream: int) -> List[Sample]:
+        """``group_size`` scored responses per prompt, generated now (a further sampling round)."""
+        with self.timed("generate"):
+            samples = self.generate(prompts, self.cfg.algorithm.group_size, self.cfg.rollout.temperature, stream)
+        with self.timed("verify"):
+            self.score(samples)
+        return samples
+
+    def advantages(self, rewards: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """``algorithm.advantage`` over each group; after Reinforce-Ada against each prompt's collected rewards."""
+        a = self.cfg.algorithm
+        if self.collected is None:
+            return ADVANTAGES.get(a.advantage)(rewards, a.group_size, a.advantage_eps)
+        return prompt_advantages(rewards, self.collected, a.group_size, a.advantage == "grpo", a.advantage_eps)
+
+    def select_samples(self, values: Dict[str, float], adv_seq: torch.Tensor):
+        """D^3S sample level: the kept mask ``[N]`` at the broadcast ``sample_keep``, and its metrics."""
+        a = self.cfg.algorithm
+        if a.down_sample == "none":
+            return torch.ones(len(adv_seq), dtype=torch.bool), {}
+        kept, metrics = down_sample(a.down_sample, adv_seq, a.group_size, values["sample_keep"])
+        return kept, {"schedule/sample_keep": values["sample_keep"], **{f"d3s/{k}": v for k, v in metrics.items()}}
 
     def generate(self, prompts: Sequence, n: int, temperature: float, stream: int) -> List[Sample]:
         """``n`` responses per prompt; request seeds from (run seed, ``stream``, prompt index)."""
@@ -243,6 +278,39 @@ class RLLoop:
         return {"pipeline/rollout_busy_frac": union_length(engines, window) / length,
                 "pipeline/trainer_busy_frac": union_length(self.trainer_busy, window) / length,
                 "pipeline/overlap_frac": union_length(intersect(engines, self.trainer_busy), window) / length}
+
+
+def regroup(groups: List[List[Sample]]) -> List[Sample]:
+    """The samples of ``groups`` in order, each labelled with its group's new index."""
+    for g, group in enumerate(groups):
+        for s in group:
+            s.group = g
+    return [s for group in groups for s in group]
+
+
+def reinforce_ada_rollout(loop: RLLoop, step: int, prompts: Sequence, first: List[Sample]):
+    """Reinforce-Ada (balanced): every prompt not yet :func:`is_done` gets ``group_size`` more responses a
+    round (seed stream ``step * 64 + round``), for at most ``max_sampling_rounds`` rounds in all; then
+    each prompt's group is :func:`balanced_group` of what it collected.  Returns (samples, every collected
+    reward per group, ``sampling/*`` metrics)."""
+    a = loop.cfg.algorithm
+    collected: List[List[Sample]] = [[] for _ in prompts]
+    for s in first:
+        collected[s.group].append(s)
+
+    def active() -> List[int]:
+        return [i for i, got in enumerate(collected) if not is_done([s.reward for s in got], a.group_size)]
+
+    rounds, todo = 1, active()
+    while todo and rounds < a.max_sampling_rounds:
+        for s in loop.generate_scored([prompts[i] for i in todo], step * 64 + rounds):
+            collected[todo[s.group]].append(s)
+        rounds, todo = rounds + 1, active()
+    rewards = [[s.reward for s in got] for got in collected]
+    groups = [[got[j] for j in balanced_group(r, a.group_size)] for got, r in zip(collected, rewards)]
+    metrics = {"sampling/rounds": float(rounds), "sampling/unfinished_frac": len(todo) / max(len(prompts), 1),
+               "sampling/responses_per_prompt": sum(map(len, rewards)) / max(len(prompts), 1)}
+    return regroup(groups), rewards, metrics
 
 
 def needs_policy_stats(cfg: RLConfig, values: Dict[str, float]) -> bool:

@@ -34,6 +34,11 @@ depend on the core count.  :func:`ensure_model` builds into
 and BUILD_VERSION>/``: it writes a temporary directory and renames it into
 place, so a directory that exists is complete and two processes racing to
 build it both end with the same model.
+
+The chain task (``model.tiny.task=chain``, :mod:`rlvr.data.chain`) warm-starts the same model on
+step-by-step chains whose teacher stops one step short ``1 - warmstart_direct`` of the time, and
+scores held-out greedy accuracy with the task's own verifier.  ``task`` enters the cache key only
+when it is not ``single``, so the arithmetic model's key (and its weights) are what they were.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config,
 
 from rlvr.config import DataSection, DatasetConfig, ModelConfig, TinyModelConfig
 from rlvr.data import GENERATOR_VERSION, Prompt, generate_arithmetic
+from rlvr.data import chain
+from rlvr.verifiers import compute_reward
 
 logger = logging.getLogger(__name__)
 
@@ -165,11 +172,15 @@ def warmstart_corpus(
     tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig, max_operand: int
 ) -> list[tuple[list[int], list[int]]]:
     """``(prompt ids, response ids + EOS)`` for every warm-start example, training part only."""
-    prompts = generate_arithmetic(
-        tcfg.warmstart_steps * tcfg.warmstart_batch, seed=tcfg.seed, max_operand=max_operand, heldout=False
-    )
-    rng = random.Random(tcfg.seed)
-    responses = [teacher_response(p, tcfg.warmstart_direct, rng) for p in prompts]
+    n = tcfg.warmstart_steps * tcfg.warmstart_batch
+    if tcfg.task == "chain":
+        prompts = chain.generate_chain(n, seed=tcfg.seed, max_operand=max_operand, heldout=False)
+        rng = random.Random(tcfg.seed)
+        responses = [chain.teacher_solution(p, tcfg.warmstart_direct, rng) for p in prompts]
+    else:
+        prompts = generate_arithmetic(n, seed=tcfg.seed, max_operand=max_operand, heldout=False)
+        rng = random.Random(tcfg.seed)
+        responses = [teacher_response(p, tcfg.warmstart_direct, rng) for p in prompts]
     prompt_ids = tokenizer([p.prompt for p in prompts], add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     return [(p, r + [tokenizer.eos_token_id]) for p, r in zip(prompt_ids, response_ids)]
@@ -219,20 +230,30 @@ def greedy_accuracy(
         )
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(first_integer_match(t, p.ground_truth) for t, p in zip(texts, chunk))
+        correct += sum(_correct(t, p) for t, p in zip(texts, chunk))
     return correct / max(len(prompts), 1)
 
 
-def heldout_prompts(max_operand: int) -> list[Prompt]:
-    """The default eval set (``DataSection().eval``) at this operand range."""
+def _correct(response: str, prompt: Prompt) -> bool:
+    if prompt.verifier == "arithmetic":  # the single task, scored as it always was
+        return first_integer_match(response, prompt.ground_truth)
+    return compute_reward(prompt.verifier, response, prompt.ground_truth) >= 1.0
+
+
+def heldout_prompts(max_operand: int, task: str = "single") -> list[Prompt]:
+    """The default eval set (``DataSection().eval``) of ``task`` at this operand range."""
     eval_cfg = DataSection().eval
-    return generate_arithmetic(eval_cfg.synthetic_rows, eval_cfg.synthetic_seed, max_operand, heldout=True)
+    generate = chain.generate_chain if task == "chain" else generate_arithmetic
+    return generate(eval_cfg.synthetic_rows, eval_cfg.synthetic_seed, max_operand, heldout=True)
 
 
 # --------------------------------------------------------------------------- build + cache
 def cache_key(tcfg: TinyModelConfig, max_operand: int) -> str:
+    tiny = asdict(tcfg)
+    if tiny.pop("task") != "single":  # the single task's key predates the field: keep it
+        tiny.update(task=tcfg.task, chain_version=chain.CHAIN_VERSION)
     spec = {
-        "tiny": asdict(tcfg),
+        "tiny": tiny,
         "max_operand": max_operand,
         "generator": GENERATOR_VERSION,
         "build": BUILD_VERSION,
@@ -247,7 +268,8 @@ def build_tiny_model(tcfg: TinyModelConfig, max_operand: int, out_dir: str | os.
     with torch.random.fork_rng(), _one_thread():  # leave the caller's RNG state alone
         model = build_model(tcfg, tokenizer)
         last_loss = warm_start(model, tokenizer, tcfg, max_operand)
-        accuracy = greedy_accuracy(model, tokenizer, heldout_prompts(max_operand))
+        max_new = 48 if tcfg.task == "chain" else 8
+        accuracy = greedy_accuracy(model, tokenizer, heldout_prompts(max_operand, tcfg.task), max_new)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     info = {
