@@ -64,13 +64,14 @@ def main(argv: List[str]) -> int:
     from rlvr.config import load_config
     from rlvr.loop.metrics import read_metrics
     from rlvr.loop.run import run
+    from workers import ACTORS
 
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="rlvr-step-bench-")
     cfg = load_config([args.config], [f"schedule.total_steps={args.steps}", f"logging.run_dir={run_dir}",
                                       "logging.tensorboard=false", "logging.progress=false", *args.overrides])
     load_before = os.getloadavg()
     start = time.perf_counter()
-    run(cfg)
+    run(cfg, ACTORS)
     wall = time.perf_counter() - start
     load_after = os.getloadavg()
     result = phase_medians(read_metrics(os.path.join(run_dir, "metrics.jsonl")), args.warmup, cfg.samples_per_step)

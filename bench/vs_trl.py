@@ -252,9 +252,10 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
 
     from rlvr.loop.checkpoint import latest
     from rlvr.config import load_config
-    from rlvr.tools.evaluate import consolidate
+    from rlvr.loop.checkpoint import consolidate
     from rlvr.loop.metrics import read_metrics
     from rlvr.loop.run import run
+    from workers import ACTORS
 
     cfg = load_config([os.path.join(ROOT, "configs", "quickstart_cpu.yaml")], [
         f"model.path={model_path}", f"logging.run_dir={work_dir}", "logging.tensorboard=false",
@@ -272,7 +273,7 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
         f"trainer.skip_zero_advantage={str(skip_zero_advantage).lower()}",
     ])
     start = time.perf_counter()
-    run(cfg)
+    run(cfg, ACTORS)
     wall = time.perf_counter() - start
     rows = [r for r in read_metrics(os.path.join(work_dir, "metrics.jsonl")) if "time/step" in r]
     result = phase_medians(rows, warmup, SAMPLES)

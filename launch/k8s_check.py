@@ -392,7 +392,7 @@ def pool_errors(spec: Obj, cfg: Any) -> list[str]:
     """Can every pool of ``cfg`` (an RLConfig) be placed on the worker groups of ``spec``?"""
     err = []
     groups = spec.get("workerGroupSpecs") or []
-    # Actors per pool, as rlvr/runtime.py creates them: the verifier is one RewardPool actor
+    # Actors per pool, as rlvr/loop/groups.py creates them: the verifier is one RewardPool actor
     # running verifier.num_workers processes.
     pools = {"rollout": (cfg.rollout, cfg.rollout.num_workers), "trainer": (cfg.trainer, cfg.trainer.num_workers),
              "verifier": (cfg.verifier, 1)}

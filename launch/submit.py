@@ -201,7 +201,7 @@ def make_spec(args: argparse.Namespace) -> JobSpec:
     if not args.no_local_check:
         from rlvr.config import load_config  # no torch/Ray import: cheap
 
-        # `rlvr train` reads the shorthand resume=DIR as checkpoint.resume=DIR (rlvr/driver.py)
+        # `rlvr train` reads the shorthand resume=DIR as checkpoint.resume=DIR (launch/train.py)
         cfg = load_config(configs, ["checkpoint." + o if o.startswith("resume=") else o for o in overrides])
         name = cfg.name
         if not os.path.isabs(os.path.expanduser(cfg.logging.run_dir)):

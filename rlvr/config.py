@@ -190,6 +190,7 @@ class RolloutConfig(PoolConfig):
 
 @dataclass
 class VerifierConfig(PoolConfig):
+    num_actors: int = bounded(1, 1)  # reward actors, num_workers processes each; a call is split over them
     timeout_s: float = bounded(5.0, above=0)  # hard per-answer limit; a stuck process is killed
     max_memory_mb: int = bounded(1024, 1)  # address-space limit per verifier process
     format_weight: float = bounded(0.0, 0)  # added reward for an answer in the required form
@@ -324,6 +325,7 @@ class CheckpointConfig:
     every: int = bounded(0, 0)  # save every K steps (0: only at the end)
     keep: int = bounded(2, 0)  # newest checkpoints kept (0: all)
     resume: Optional[str] = None  # checkpoint directory to continue from
+    max_recoveries: int = bounded(3, 0)  # lost trainer ranks recovered in the run, from the last checkpoint
 
 
 @dataclass

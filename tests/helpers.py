@@ -41,3 +41,23 @@ def random_samples(n: int, vocab: int = 32, seed: int = 0, group_size: int = 4) 
                           rollout_logprob=[0.0] * r_len, group=i // group_size,
                           reward=float(torch.rand(1, generator=g) > 0.5)))
     return out
+
+
+def run_ranks(target, world: int, timeout_s: float = 180) -> dict:
+    """Run ``target(rank, port, queue)`` in ``world`` spawned processes; ``{rank: what it put}``."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, port, out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=timeout_s) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    return got

@@ -54,6 +54,24 @@ def test_the_library_never_imports_its_shells_or_launchers():
     assert {m: d for m, d in offenders.items() if d} == {}
 
 
+LAYERS = [("rlvr.tools",), ("rlvr.loop",), ("rlvr.train", "rlvr.rollout"),
+          ("rlvr.algo", "rlvr.data", "rlvr.verifiers"), ("rlvr.config", "rlvr.config_checks", "rlvr.registry")]
+
+
+def _layer(module: str) -> int:
+    for depth, packages in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in packages):
+            return depth
+    return -1  # rlvr/__init__
+
+
+def test_inside_the_library_arrows_only_point_down():
+    """tools -> loop -> train, rollout -> algo, data, verifiers -> config, registry (the README's order)."""
+    up = {m: sorted(d for d in deps if d.startswith("rlvr.") and _layer(d) < _layer(m))
+          for m, deps in _graph().items() if m.startswith("rlvr.")}
+    assert {m: d for m, d in up.items() if d} == {}
+
+
 def test_no_import_cycles():
     graph = _graph()
     cycles = []
@@ -101,6 +119,9 @@ REGISTRIES = [
     ("rlvr.data.adapters", "ADAPTERS", "DATASETS"),
     ("rlvr.rollout.engine", "ROLLOUT_BACKENDS", "ROLLOUT_BACKENDS"),
     ("rlvr.algo.offpolicy", "OFF_POLICY", "OFF_POLICY"),
+    ("rlvr.algo.d3s", "DOWN_SAMPLING", "DOWN_SAMPLINGS"),
+    ("rlvr.train.engines", "TRAINER_ENGINES", "TRAINER_ENGINES"),
+    ("rlvr.train.deepspeed_trainer", "OPTIMIZERS", "DEEPSPEED_OPTIMIZERS"),
 ]
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from helpers import run_ranks
 from rlvr.rollout.collective import ALIGN, bucket_nbytes, pack_bucket, plan_buckets, unpack_bucket
 from rlvr.rollout.transport import WEIGHT_TRANSPORTS, stage
 from rlvr.rollout.weight_sync import state_dict_hash
@@ -149,25 +149,8 @@ def _group_worker(rank, port, out):
     out.put((rank, (*result, late)))
 
 
-def _run_ranks(target, world: int) -> dict:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(r, port, out)) for r in range(world)]
-    for p in procs:
-        p.start()
-    got = dict(out.get(timeout=180) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    return got
-
-
 def test_a_stateless_gloo_group_delivers_every_bucket_and_times_out():
-    got = _run_ranks(_group_worker, 3)
+    got = run_ranks(_group_worker, 3)
     for rank in (1, 2):
         received_hash, timed, late = got[rank]
         assert received_hash == got[0] and timed

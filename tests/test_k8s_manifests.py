@@ -119,7 +119,8 @@ def test_job_runs_on_exactly_the_cluster_spec(rendered, size):
 def test_job_entrypoint_trains_the_matching_config(rendered, size):
     job = only(rendered[f"overlays/{size}/job"], "RayJob")
     config = f"configs/cluster_{size}.yaml"
-    assert job["spec"]["entrypoint"] == f"python -m launch.cli train {IMAGE_HOME}/{config}"
+    assert job["spec"]["entrypoint"] == f"python -m launch.cli train {IMAGE_HOME}/{config} resume=auto"
+    assert job["spec"]["backoffLimit"] >= 1  # a retry continues the run from its checkpoint (resume=auto)
     assert (REPO / config).is_file()
     dockerfile = (K8S / "image" / "Dockerfile").read_text()
     assert f"WORKDIR {IMAGE_HOME}" in dockerfile and "COPY --chown=1000:100 configs ./configs" in dockerfile

@@ -5,8 +5,8 @@ shards).  The collective transport has its own tests in ``test_collective_sync.p
 from __future__ import annotations
 
 import torch
-import torch.multiprocessing as mp
 
+from helpers import run_ranks
 from rlvr.rollout.weight_sync import from_buckets, state_dict_hash, to_buckets
 
 
@@ -44,24 +44,6 @@ def test_hash_sees_every_change_and_ignores_order():
     assert state_dict_hash(changed.items()) != h
     renamed = {("b.bias" if k == "a.bias" else k): v for k, v in sd.items()}
     assert state_dict_hash(renamed.items()) != h
-
-
-def _run_ranks(target, world: int) -> dict:
-    """Run ``target(rank, port, queue)`` in ``world`` spawned processes; ``{rank: what it put}``."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(r, port, out)) for r in range(world)]
-    for p in procs:
-        p.start()
-    got = dict(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    return got
 
 
 def test_both_transports_hash_the_same_weights_alike_in_the_engine_dtype():
@@ -113,7 +95,7 @@ def _gather_worker(rank, port, out):
 
 def test_flat_gather_equals_the_dcp_full_state_dict():
     """One gather per bucket of FSDP2 shards == DCP's per-parameter full state dict, bit for bit."""
-    got = _run_ranks(_gather_worker, 3)
+    got = run_ranks(_gather_worker, 3)
     assert got[1] is None and got[2] is None
     ours, dcp = got[0]
     reference = _Odd().state_dict()

@@ -1,4 +1,4 @@
-"""TrainerWorker: one rank of the FSDP2 trainer group (a thin shell over ``rlvr.train.trainer``).
+"""TrainerWorker: one rank of the trainer group (a thin shell over ``rlvr.train.engines``: FSDP2 or DeepSpeed).
 
 Contract (called by :class:`rlvr.loop.groups.TrainerGroup` on every rank at once, and by the
 Scheduler actor; any rank failing fails the call):
@@ -6,7 +6,8 @@ Scheduler actor; any rank failing fails the call):
 * ``__init__(rank, world_size, cfg: TrainerConfig, seed)``: seeds torch, sets the thread count.
 * ``address() -> (ip, port)``: rank 0's rendezvous address for the process group.
 * ``setup(master_addr, master_port, model_path, temperature, reference=False)``: joins the group,
-  loads and shards the policy (and, with ``reference``, a frozen copy of it: the KL reference).
+  loads and shards the policy with the ``trainer.engine`` (and, with ``reference``, a frozen copy of it: the
+  KL reference).
 * ``set_schedule(values)``: from the Scheduler, before each train call: that step's
   ``{step, percentile, decay, ...}``; ``received_schedule()`` returns every one received.
 * ``compute_stats(micro_batches) -> [(sample index, old_logprob [n, T], entropy [n, T][, ref_logprob [n, T]])]``:
@@ -22,7 +23,7 @@ Scheduler actor; any rank failing fails the call):
 * ``stage_weights(bucket_bytes, dtype, backend) -> staged``: a collective; rank 0 gathers, casts and
   packs the weights for broadcast and returns ``{plan, hash, metrics}``, the other ranks ``None``.
 * ``send_weights() -> seconds``: rank 0 broadcasts the staged buckets over the weight group.
-* ``save(path)`` / ``load(path)``: this rank's shard of model and optimizer (DCP).
+* ``save(path)`` / ``load(path)``: this rank's shard of model and optimizer (DCP, or DeepSpeed's format).
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ class TrainerWorker:
 
     def setup(self, master_addr: str, master_port: int, model_path: str, temperature: float,
               reference: bool = False) -> None:
+        from rlvr.train.engines import TRAINER_ENGINES
         from rlvr.train.parallel import init_distributed
-        from rlvr.train.trainer import Trainer
 
         mesh = init_distributed(self.rank, self.world_size, master_addr, master_port, self.cfg.backend)
         device = "cuda" if mesh.device_type == "cuda" else "cpu"
-        self.trainer = Trainer(model_path, self.cfg, mesh=mesh, device=device, temperature=temperature,
-                               reference=reference)
+        engine = TRAINER_ENGINES.get(self.cfg.engine)  # fsdp2 or deepspeed: one interface
+        self.trainer = engine(model_path, self.cfg, mesh=mesh, device=device, temperature=temperature,
+                              reference=reference)
 
     def set_schedule(self, values: Dict[str, float]) -> None:
         """Called by the Scheduler actor before each train call."""

@@ -58,7 +58,7 @@ DownSampleFn = Callable[[Tensor, int, float], Tensor]
 
 
 def num_kept(n: int, keep: float) -> int:
-    """Samples kept of ``n`` at share ``keep`` in (0, 1]: ceil(n * keep - 1e-6), within [1, n] (0 when n = 0)."""
+    """Kept of ``n`` at share ``keep`` in (0, 1]: ceil(n * keep - 1e-6) within [1, n]; 0 when n = 0."""
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"sample_keep must be a fraction in (0, 1], got {keep}")
     return min(n, max(1, math.ceil(n * keep - 1e-6))) if n else 0
@@ -94,7 +94,7 @@ def _check(advantages: Tensor, group_size: int) -> None:
     if advantages.dim() != 1:
         raise ValueError(f"advantages must be 1-D [N], got shape {tuple(advantages.shape)}")
     if group_size < 1 or advantages.numel() % group_size:
-        raise ValueError(f"{advantages.numel()} samples are not divisible into groups of group_size={group_size}")
+        raise ValueError(f"{advantages.numel()} samples are not divisible into groups of {group_size}")
 
 
 def keep_all(advantages: Tensor, group_size: int, keep: float) -> Tensor:

@@ -139,7 +139,7 @@ def resolve_checkpoint(checkpoint: str, cfg: Any) -> str:
 
 
 def consolidate(path: str) -> str:
-    """``path/hf``: the trainers' sharded model state (DCP, keys ``model.hf.*``) as an HF directory.
+    """``path/hf``: the trainers' sharded model state (FSDP2's DCP or DeepSpeed's ZeRO layout) as an HF directory.
 
     The architecture and tokenizer come from the saved config's model (for ``tiny``, built from
     code without its warm start: every weight comes from the checkpoint); the directory is written
@@ -148,12 +148,33 @@ def consolidate(path: str) -> str:
     import shutil
     import tempfile
 
-    import torch.distributed.checkpoint as dcp
-
     final = os.path.join(path, "hf")
     if os.path.isfile(os.path.join(final, "config.json")):
         return final
     model, tokenizer = _base_model(_saved_config(path))
+    from rlvr.train import deepspeed_trainer
+
+    if deepspeed_trainer.is_checkpoint(path):  # DeepSpeed's ZeRO layout: its fp32 masters, read offline
+        model.load_state_dict(deepspeed_trainer.hf_state_dict(path))  # strict: names and shapes checked
+    else:
+        _load_dcp_model(model, path)
+    tmp = tempfile.mkdtemp(prefix=".hf-", dir=path)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, final)
+    except OSError:
+        if not os.path.isfile(os.path.join(final, "config.json")):  # unless another process won the race
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _load_dcp_model(model: Any, path: str) -> None:
+    """The FSDP2 trainers' sharded model state (DCP, keys ``model.hf.*``), in place into ``model``."""
+    import torch.distributed.checkpoint as dcp
+
     stored = dcp.FileSystemReader(os.path.join(path, "trainer")).read_metadata().state_dict_metadata
     params = model.state_dict()
     wanted = {f"hf.{k}": v for k, v in params.items() if f"model.hf.{k}" in stored}
@@ -166,17 +187,6 @@ def consolidate(path: str) -> str:
             raise CheckpointError(f"{path}/trainer: {key[3:]} has shape {tuple(stored[f'model.{key}'].size)}, "
                                   f"the model of the saved config {tuple(tensor.shape)}")
     dcp.load({"model": wanted}, checkpoint_id=os.path.join(path, "trainer"))  # in place, into the model
-    tmp = tempfile.mkdtemp(prefix=".hf-", dir=path)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        if not os.path.isfile(os.path.join(final, "config.json")):  # unless another process won the race
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def _base_model(cfg: Any) -> Tuple[Any, Any]:

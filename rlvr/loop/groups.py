@@ -5,10 +5,13 @@ Design (slime's ``actor_group.py`` is the model): the RL step calls
 over actors or names methods as strings.  Each group owns its fan-out and its
 failure policy, all through one helper, :func:`get`:
 
-* rollout and reward actors are restarted by Ray (``max_restarts``); the group waits for a
-  dead actor to come back, re-sends the latest weights to a restarted engine, and resubmits
-  the failed call;
-* trainer ranks are gang-scheduled in one placement group; a dead rank ends the run.
+* rollout and reward actors are restarted by Ray (``max_restarts``) on a node their
+  ``label_selector`` allows; the group waits for a dead actor to come back (saying once a
+  minute which node it waits for, the autoscaler case), re-sends the latest weights to a
+  restarted engine, and resubmits the failed call; a reward chunk goes to the next reward actor;
+* trainer ranks are gang-scheduled in one placement group and fail fast together; the run
+  recovers a lost rank by rebuilding the group from the last checkpoint
+  (:meth:`Pools.restart_trainers`, :mod:`rlvr.loop.recovery`).
 
 Each pool is placed from its own config section (``num_workers``, ``num_cpus``, ``num_gpus``,
 ``resources``, ``label_selector``), so pools scale independently.  The actor classes come in
@@ -18,51 +21,15 @@ from the caller (``workers.ACTORS``): the library never imports its own Ray shel
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rlvr.config import PoolConfig, RLConfig
+from rlvr.loop.recovery import CALL_RETRIES, gather, get, log, wait_until_alive, waiting_for
 from rlvr.rollout.sample import Sample
 
 ACTOR_RESTARTS = 3  # how often Ray brings back a dead rollout or reward actor
-CALL_RETRIES = 2  # re-submissions of one call whose actor died
-
-
-def _log(msg: str) -> None:
-    print(f"[rlvr] {msg}", file=sys.stderr, flush=True)
-
-
-def get(refs: Any, what: str, resubmit: Optional[Callable[[], Any]] = None, retries: int = 0) -> Any:
-    """``ray.get(refs)``; when the actor died, ``resubmit()`` (which waits for the restart and
-    returns fresh refs) up to ``retries`` times."""
-    import ray
-
-    dead = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-    for attempt in range(retries + 1):
-        try:
-            return ray.get(refs)
-        except dead:
-            if resubmit is None or attempt == retries:
-                raise
-            _log(f"{what}: actor died; retrying ({attempt + 1}/{retries})")
-            refs = resubmit()
-
-
-def wait_until_alive(actor: Any, timeout_s: float = 600.0) -> None:
-    """Block until a restarting actor answers (a vLLM engine takes a while to come back)."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            ray.get(actor.__ray_ready__.remote(), timeout=30)
-            return
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
 
 
 def actor_options(pool: PoolConfig) -> Dict[str, Any]:
@@ -85,8 +52,8 @@ def _restartable(cls: type, pool: PoolConfig):
 class RolloutGroup:
     """The rollout engines.  Prompts are split round-robin; results come back in prompt order."""
 
-    def __init__(self, actors: Sequence[Any]):
-        self.actors = list(actors)
+    def __init__(self, actors: Sequence[Any], need: str = ""):
+        self.actors, self.need = list(actors), need  # need: what a restarting engine waits for (its log line)
         self.weights_ref = None  # the latest weights sent: what a restarted engine gets first
         self.weights_source: Optional[Callable[[], Any]] = None  # else how to get them (a collective sync
         # leaves nothing in the object store: the transport says how to export them when needed)
@@ -95,7 +62,8 @@ class RolloutGroup:
     @classmethod
     def create(cls, actor_cls: type, cfg: RLConfig, model_path: str, run_dir: str) -> "RolloutGroup":
         remote = _restartable(actor_cls, cfg.rollout)
-        return cls([remote.remote(model_path, cfg.rollout, i, run_dir) for i in range(cfg.rollout.num_workers)])
+        actors = [remote.remote(model_path, cfg.rollout, i, run_dir) for i in range(cfg.rollout.num_workers)]
+        return cls(actors, waiting_for("rollout", cfg.rollout))
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -149,7 +117,7 @@ class RolloutGroup:
 
     def _restarted(self, w: int, call: Callable[[int, Any], Any]) -> Any:
         actor = self.actors[w]
-        wait_until_alive(actor)
+        wait_until_alive(actor, need=self.need)
         self.restarts += 1
         if self.weights_ref is None and self.weights_source is not None:
             self.weights_ref = self.weights_source()
@@ -186,34 +154,57 @@ class PendingGeneration:
 
 # --------------------------------------------------------------------------- reward
 class RewardGroup:
-    """The reward pool: one actor fronting a pool of sandboxed verifier processes."""
+    """The reward pool: ``verifier.num_actors`` actors, each fronting its own sandboxed verifier processes.
 
-    def __init__(self, actor: Any):
-        self.actor = actor
+    :meth:`score` splits the requests into contiguous chunks, one per actor, and joins the results in
+    order; a chunk whose actor died goes to the next actor (the dead one restarts meanwhile), so no one
+    actor is a single point of failure.  :meth:`submit_samples` picks the actors in turn."""
+
+    def __init__(self, actors: Any, need: str = ""):
+        self.actors = list(actors) if isinstance(actors, (list, tuple)) else [actors]
+        self.need, self.calls = need, 0  # calls: submit_samples so far (its round-robin)
+
+    @property
+    def actor(self) -> Any:
+        return self.actors[0]
 
     @classmethod
     def create(cls, actor_cls: type, cfg: RLConfig) -> "RewardGroup":
-        return cls(_restartable(actor_cls, cfg.verifier).remote(cfg.verifier))
+        remote = _restartable(actor_cls, cfg.verifier)
+        return cls([remote.remote(cfg.verifier) for _ in range(cfg.verifier.num_actors)],
+                   waiting_for("reward", cfg.verifier))
 
     def score(self, requests: Sequence[Tuple[str, str, str]]) -> Tuple[List[float], List[str]]:
         """(rewards, reasons) for ``(verifier, response, ground_truth)`` requests, in order."""
-        def submit():
-            return self.actor.score.remote(list(requests))
+        requests, n = list(requests), len(self.actors)
+        cut = [len(requests) * i // n for i in range(n + 1)]
+        chunks = [(i, requests[cut[i]:cut[i + 1]]) for i in range(n) if cut[i + 1] > cut[i]] or [(0, [])]
+        refs = [self.actors[i].score.remote(chunk) for i, chunk in chunks]
+        rewards: List[float] = []
+        reasons: List[str] = []
+        for (i, chunk), ref in zip(chunks, refs):
+            tries = iter(range(1, 2 * CALL_RETRIES + 1))
 
-        def resubmit():
-            wait_until_alive(self.actor)
-            return submit()
+            def resubmit(i=i, chunk=chunk, tries=tries):
+                actor = self.actors[(i + next(tries)) % n]  # the next actor; with one, itself restarted
+                wait_until_alive(actor, need=self.need)
+                return actor.score.remote(chunk)
 
-        return get(submit(), "reward pool", resubmit, retries=2 * CALL_RETRIES)
+            r, why = get(ref, f"reward actor {i}", resubmit, retries=2 * CALL_RETRIES)
+            rewards += list(r)
+            reasons += list(why)
+        return rewards, reasons
 
     def wait(self, ref: Any) -> Tuple[List[float], List[str]]:
-        """The result of :meth:`submit_samples` (raises if the reward actor died meanwhile)."""
+        """The result of :meth:`submit_samples` (raises if that reward actor died meanwhile)."""
         return get(ref, "reward pool")
 
     def submit_samples(self, samples_ref: Any, labels: Sequence[Tuple[str, str]]) -> Any:
         """Score a rollout engine's pending output as soon as it exists (a ref; Ray resolves it
         in the reward actor); ``labels[i] = (verifier, ground_truth)``.  Returns a ref."""
-        return self.actor.score_samples.remote(samples_ref, list(labels))
+        actor = self.actors[self.calls % len(self.actors)]
+        self.calls += 1
+        return actor.score_samples.remote(samples_ref, list(labels))
 
 
 # --------------------------------------------------------------------------- trainer
@@ -225,7 +216,7 @@ class WeightExport:
     hash_refs: List[Any]
 
     def hash(self) -> str:
-        return get(self.hash_refs, "trainer (export_weights)")[0]
+        return gather(self.hash_refs, "trainer (export_weights)")[0]
 
 
 class TrainerGroup:
@@ -244,14 +235,18 @@ class TrainerGroup:
         bundle = {k: v for k, v in {"CPU": t.num_cpus, "GPU": t.num_gpus, **t.resources}.items() if v}
         pg = placement_group([bundle] * n, strategy="PACK",
                              bundle_label_selector=[dict(t.label_selector)] * n if t.label_selector else None)
-        ray.get(pg.ready())
+        ready = pg.ready()
+        while not ray.wait([ready], timeout=60.0)[0]:  # the autoscaler case: say what the gang waits for
+            log(f"{waiting_for('trainer', t)} for each of {n} rank(s) (placement group pending)")
         remote = ray.remote(actor_cls)
         actors = [remote.options(**actor_options(t), scheduling_strategy=PlacementGroupSchedulingStrategy(
             pg, placement_group_bundle_index=rank)).remote(rank, n, t, cfg.seed) for rank in range(n)]
         addr, port = ray.get(actors[0].address.remote())
         reference = cfg.algorithm.loss.kl_coef > 0  # the KL's frozen reference policy; none without a KL term
-        ray.get([a.setup.remote(addr, port, model_path, cfg.rollout.temperature, reference) for a in actors])
-        return cls(actors, pg)
+        group = cls(actors, pg)
+        gather([a.setup.remote(addr, port, model_path, cfg.rollout.temperature, reference) for a in actors],
+               "trainer (setup)")
+        return group
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -259,13 +254,14 @@ class TrainerGroup:
     def compute_stats(self, per_rank: Sequence[Sequence[Any]]) -> List[Any]:
         """Old log-probs/entropy (and reference log-probs with a KL term): rank r gets ``per_rank[r]``'s
         micro-batches; one list per rank."""
-        return get([a.compute_stats.remote(mbs) for a, mbs in zip(self.actors, per_rank)], "trainer (stats)")
+        refs = [a.compute_stats.remote(mbs) for a, mbs in zip(self.actors, per_rank)]
+        return gather(refs, "trainer (stats)")
 
     def train(self, step: int, per_rank: Sequence[Sequence[Any]], loss_cfg: Any, denoms: Sequence[float],
               norm_len: int) -> Dict[str, float]:
         """One optimizer step per mini-batch on every rank; returns rank 0's metrics."""
         refs = [a.train.remote(step, mbs, loss_cfg, denoms, norm_len) for a, mbs in zip(self.actors, per_rank)]
-        return get(refs, "trainer (train)")[0]
+        return gather(refs, "trainer (train)")[0]
 
     def export_weights(self, bucket_bytes: int, dtype: Optional[str] = None) -> WeightExport:
         """Rank 0's full state dict (cast to ``dtype`` if given) as safetensors buckets in the object store."""
@@ -282,20 +278,46 @@ class TrainerGroup:
 
     def stage_weights(self, bucket_bytes: int, dtype: str, backend: str) -> Dict[str, Any]:
         """Gather (every rank) and pack (rank 0) for a broadcast; rank 0's ``{plan, hash, metrics}``."""
-        return get([a.stage_weights.remote(bucket_bytes, dtype, backend) for a in self.actors],
-                   "trainer (stage_weights)")[0]
+        return gather([a.stage_weights.remote(bucket_bytes, dtype, backend) for a in self.actors],
+                      "trainer (stage_weights)")[0]
 
     def send_weights_async(self) -> Any:
         return self.actors[0].send_weights.remote()
 
     def received_schedules(self) -> List[List[Dict[str, float]]]:
-        return get([a.received_schedule.remote() for a in self.actors], "trainer (schedule)")
+        return gather([a.received_schedule.remote() for a in self.actors], "trainer (schedule)")
 
     def save(self, path: str) -> None:
-        get([a.save.remote(path) for a in self.actors], "trainer (save)")
+        gather([a.save.remote(path) for a in self.actors], "trainer (save)")
 
     def load(self, path: str) -> None:
-        get([a.load.remote(path) for a in self.actors], "trainer (load)")
+        gather([a.load.remote(path) for a in self.actors], "trainer (load)")
+
+    def dead_ranks(self, timeout_s: float = 10.0) -> List[int]:
+        """The ranks whose actor died (a probe gets ``RayActorError``); a rank still busy in a call,
+        e.g. waiting in a collective for a dead peer, counts as alive."""
+        import ray
+
+        probes = [a.__ray_ready__.remote() for a in self.actors]
+        pending, dead, deadline = list(probes), [], time.monotonic() + timeout_s
+        while pending and not dead and time.monotonic() < deadline:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    dead.append(probes.index(ref))
+        return sorted(dead)
+
+    def shutdown(self) -> None:
+        """Kill every rank (no restart) and free the placement group: a lost rank takes the group with it."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)
 
 
 # --------------------------------------------------------------------------- scheduler
@@ -307,10 +329,23 @@ class SchedulerClient:
 
     @classmethod
     def create(cls, actor_cls: type, cfg: RLConfig, trainers: TrainerGroup) -> "SchedulerClient":
+        """On the driver's node (0 CPUs, fits even a CPU-less head): losing a pool's node never takes the clock."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        remote = ray.remote(actor_cls).options(name=f"scheduler:{cfg.name}", num_cpus=0, scheduling_strategy=here)
+        return cls(remote.remote(cfg.schedule, trainers.actors))
+
+    def shutdown(self) -> None:
+        """Kill the actor and wait until Ray has it dead (its name is free again)."""
         import ray
 
-        return cls(ray.remote(actor_cls).options(name=f"scheduler:{cfg.name}", num_cpus=0)
-                   .remote(cfg.schedule, trainers.actors))
+        ray.kill(self.actor, no_restart=True)
+        try:
+            ray.get(self.actor.__ray_ready__.remote(), timeout=30)
+        except ray.exceptions.RayError:  # dead, as wanted
+            pass
 
     def broadcast(self) -> Dict[str, float]:
         return get(self.actor.broadcast.remote(), "scheduler")
@@ -347,6 +382,18 @@ class Pools:
     def sync_weights(self) -> Any:
         """Trainer rank 0's weights to every engine; a ``SyncResult`` (sent hash, loaded hashes, metrics)."""
         return self.transport.sync(self.trainers, self.rollouts)
+
+    def restart_trainers(self, cfg: RLConfig, classes: "ActorClasses", model_path: str) -> None:
+        """After a lost rank: a fresh trainer group at ``model_path``'s weights, a Scheduler pushing to its
+        ranks (step 0) and a fresh weight transport (the old weight group had the old rank 0).  The caller
+        loads the checkpoint and re-syncs the engines."""
+        from rlvr.rollout.transport import make_transport
+
+        self.trainers.shutdown()
+        self.scheduler.shutdown()
+        self.trainers = TrainerGroup.create(classes.trainer, cfg, model_path)
+        self.scheduler = SchedulerClient.create(classes.scheduler, cfg, self.trainers)
+        self.transport = make_transport(cfg)
 
 
 def start_ray(cfg: RLConfig) -> None:

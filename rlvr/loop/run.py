@@ -51,6 +51,8 @@ class Run:
     start_step: int = 0
     skipped_rows: int = 0  # malformed or over-long rows left out of train and eval
     resumed_from: Optional[str] = None  # the checkpoint of ``start_step``
+    classes: Optional[ActorClasses] = None  # the Ray shells: a lost trainer rank's group is created again
+    initial_sampler: Optional[Dict[str, Any]] = None  # the sampler at step 0 (recovery without a checkpoint)
 
 
 # --------------------------------------------------------------------------- the run directory
@@ -225,7 +227,8 @@ def build_run(cfg: RLConfig, classes: ActorClasses, stop: Optional[StopSignals] 
         stop.install()
     loop = RLLoop(cfg, create_pools(cfg, classes, model_path, run_dir), tokenizer)
     r = Run(cfg, run_dir, model_path, loop, sampler, eval_prompts[: cfg.eval.num_prompts], len(train_prompts),
-            skipped_rows=skipped + long_train + long_eval)
+            skipped_rows=skipped + long_train + long_eval, classes=classes,
+            initial_sampler=sampler.state_dict())
     path = resume_path(cfg)
     if path:
         r.start_step, r.resumed_from = resume(r, path), path
@@ -253,7 +256,8 @@ def run(cfg: RLConfig, classes: ActorClasses) -> Dict[str, float]:
         skipped = f" ({r.skipped_rows} bad rows skipped)" if r.skipped_rows else ""
         _log(f"ready in {time.perf_counter() - t_setup:.1f}s: model {r.model_path}, {r.num_train_prompts} train / "
              f"{len(r.eval_prompts)} eval prompts{skipped}, {cfg.rollout.num_workers} rollout, "
-             f"{cfg.trainer.num_workers} trainer, {cfg.verifier.num_workers} verifier processes")
+             f"{cfg.trainer.num_workers} trainer, {cfg.verifier.num_actors * cfg.verifier.num_workers} verifier "
+             "processes")
         return train_steps(r, stop)
     finally:
         stop.abandon = False  # a signal now only waits for the shutdown; a second one exits at once
@@ -274,36 +278,42 @@ def train_steps(r: Run, stop: Optional[StopSignals] = None) -> Dict[str, float]:
     """Evaluate, then step from ``r.start_step`` to the end, logging, evaluating and checkpointing.
 
     After a stop signal the step in flight ends, the last completed step is checkpointed (unless
-    it just was) and :class:`Interrupted` is raised with that checkpoint.
+    it just was) and :class:`Interrupted` is raised with that checkpoint.  A lost trainer rank is
+    recovered from the last checkpoint (:class:`rlvr.loop.recovery.Recovery`): the lost steps are
+    trained again and their metrics rows replaced.
     """
-    from rlvr.loop.metrics import MetricsLogger, format_line
+    from rlvr.loop.metrics import MetricsLogger
     from rlvr.loop.progress import progress
+    from rlvr.loop.recovery import Recovery
 
     stop = stop or StopSignals()
     stop.abandon = False
-    cfg, loop, start, total = r.cfg, r.loop, r.start_step, r.cfg.schedule.total_steps
+    cfg, start, total = r.cfg, r.start_step, r.cfg.schedule.total_steps
     summary: Dict[str, float] = {}
     done, saved = start, r.resumed_from  # the last completed step and the checkpoint of ``done``, if any
+    rec = Recovery(cfg.checkpoint.max_recoveries, r.resumed_from, start)
     logger = MetricsLogger(cfg.logging, r.run_dir, resume_step=_first_new_row(r))
+    bar = progress(total - start, "train", enabled=cfg.logging.progress)
     try:
         if start == 0:
             summary["eval/accuracy_before"] = acc = _evaluate(r, stop)
             logger.log(0, {"eval/accuracy": acc})
             _log(f"held-out accuracy before training: {100 * acc:.1f}%")
-        bar = progress(range(start, total), "train", enabled=cfg.logging.progress)
-        for step in bar:
-            metrics = loop.step(step, r.sampler.next_batch)
-            done, saved = step + 1, None
-            if ((cfg.eval.every and done % cfg.eval.every == 0) or done == total) and stop.signum is None:
-                acc = _evaluate(r, stop, step_done=True)
-                metrics.update({} if acc is None else {"eval/accuracy": acc})
-            logger.log(done, metrics)
-            bar.write(format_line(done, total, metrics))
+        while done < total and stop.signum is None:
+            try:
+                metrics, saved = _train_step(r, done, stop, logger, bar, rec)
+            except Exception:  # a lost trainer rank is recovered, anything else goes on up
+                ranks = [] if stop.signum is not None else rec.lost_ranks(r.loop.pools.trainers)
+                if not ranks:
+                    raise
+                resumed = rec.recover(ranks, done, lambda path: _restore(r, path))
+                logger.close()  # reopened at the restore point: the lost steps' rows go
+                logger = MetricsLogger(cfg.logging, r.run_dir, resume_step=resumed + 1)
+                bar.update(resumed - done)
+                done, saved = resumed, rec.checkpoint
+                continue
+            done += 1
             summary.update(metrics)
-            if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == total:
-                saved = save(r, done)
-            if stop.signum is not None:
-                break
         if stop.signum is not None:
             raise Interrupted(stop.signum, done, saved or (save(r, done) if done > 0 else None))
         if "eval/accuracy" in summary:
@@ -312,8 +322,30 @@ def train_steps(r: Run, stop: Optional[StopSignals] = None) -> Dict[str, float]:
             _log(f"held-out accuracy after training: {100 * summary['eval/accuracy']:.1f}%"
                  + (f" (before: {100 * before:.1f}%)" if before is not None else ""))
     finally:
+        bar.close()
         logger.close()
     return summary
+
+
+def _train_step(r: Run, step: int, stop: StopSignals, logger: Any, bar: Any,
+                rec: Any) -> Tuple[Dict[str, float], Optional[str]]:
+    """Train step ``step + 1``, evaluate when due, log it, checkpoint when due; (metrics, its checkpoint)."""
+    from rlvr.loop.metrics import format_line
+
+    cfg, total = r.cfg, r.cfg.schedule.total_steps
+    metrics = r.loop.step(step, r.sampler.next_batch)
+    done, saved = step + 1, None
+    if ((cfg.eval.every and done % cfg.eval.every == 0) or done == total) and stop.signum is None:
+        acc = _evaluate(r, stop, step_done=True)
+        metrics.update({} if acc is None else {"eval/accuracy": acc})
+    metrics.update(rec.take_fields())
+    logger.log(done, metrics)
+    bar.write(format_line(done, total, metrics))
+    bar.update(1)
+    if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == total:
+        saved = save(r, done)
+        rec.saved(saved, done)
+    return metrics, saved
 
 
 def _first_new_row(r: Run) -> Optional[int]:
@@ -351,6 +383,19 @@ def save(r: Run, step: int) -> str:
     path = checkpoint.commit(tmp, state, r.cfg.checkpoint.keep)
     _log(f"checkpoint: {path}")
     return path
+
+
+def _restore(r: Run, path: Optional[str]) -> int:
+    """After a lost trainer rank: the trainer group, the Scheduler and the weight transport built anew,
+    then the state of ``path`` loaded (None: step 0's: initial weights, sampler from the start, nothing
+    in flight) and the engines re-synced; returns the step restored."""
+    r.loop.pools.restart_trainers(r.cfg, r.classes, r.model_path)
+    if path:
+        return resume(r, path)
+    r.sampler.load_state_dict(r.initial_sampler)
+    r.loop.pipeline.load_state_dict([])
+    r.loop.sync_weights()
+    return 0
 
 
 def resume(r: Run, path: str) -> int:

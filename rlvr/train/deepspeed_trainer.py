@@ -21,17 +21,20 @@ gradients (2) and parameters (3) over the same data-parallel ranks FSDP2 uses.
 * Optimizer: AdamW with ``trainer.lr/betas/weight_decay`` from :data:`OPTIMIZERS`; LR warm-up as
   in the FSDP2 trainer, stepped by the engine.
 * Weights: ``full_state_dict`` is the module's parameters as the forward sees them (ZeRO-3:
-  gathered module by module onto rank 0), as float32.
+  gathered module by module onto rank 0), as float32.  With bf16 these are the bf16 compute
+  weights (what a bf16 engine gets from FSDP2 too; FSDP2 exports its fp32 masters); the fp32
+  master weights are in the checkpoint.
 * Checkpoints: DeepSpeed's own files in ``<path>/trainer/`` (tag ``ds``) plus the rank's
   scheduler/RNG file, as for FSDP2; :func:`hf_state_dict` turns them into HF-named fp32 weights
   offline (DeepSpeed's ``zero_to_fp32``), for :func:`rlvr.loop.checkpoint.consolidate`.
-* KL reference: a frozen copy wrapped by a DeepSpeed engine without an optimizer (ZeRO-3 shards
-  it like the policy; stages 1/2 replicate it).
+* KL reference: a frozen copy; under ZeRO-3 wrapped by a DeepSpeed engine without an optimizer
+  (partitioned like the policy), under ZeRO-1/2 the plain module (their parameters are replicated).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import warnings
@@ -47,8 +50,8 @@ from rlvr.train.trainer import Trainer
 
 CHECKPOINT_DIR, TAG = "trainer", "ds"
 
-# DeepSpeed's ZeRO code calls collectives torch 2.13 deprecates (all_gather_into_tensor, ...): one FutureWarning
-# per call otherwise, several per step and rank
+# DeepSpeed's ZeRO code calls collectives torch 2.13 deprecates (all_gather_into_tensor, ...): one
+# FutureWarning per call otherwise, several per step and rank
 _STEP_WARNINGS = (r"`torch\.distributed\.\w+` is deprecated",)
 
 
@@ -73,7 +76,8 @@ def _fused_adam(cfg: TrainerConfig) -> Callable:
 
 
 OPTIMIZERS: Registry[Callable[[TrainerConfig], Callable]] = Registry(
-    "trainer.deepspeed.optimizer", {"torch_adamw": _torch_adamw, "cpu_adam": _cpu_adam, "fused_adam": _fused_adam})
+    "trainer.deepspeed.optimizer",
+    {"torch_adamw": _torch_adamw, "cpu_adam": _cpu_adam, "fused_adam": _fused_adam})
 
 
 def ds_config(cfg: TrainerConfig) -> Dict[str, Any]:
@@ -99,8 +103,8 @@ def ds_config(cfg: TrainerConfig) -> Dict[str, Any]:
 
 
 def import_deepspeed():
-    """``import deepspeed`` without its side effects on this process: it sets ``PYTORCH_NVML_BASED_CUDA_CHECK``
-    and logs INFO lines to stdout; only its warnings are kept."""
+    """``import deepspeed`` without its side effects on this process: it sets
+    ``PYTORCH_NVML_BASED_CUDA_CHECK`` and logs INFO lines to stdout; only its warnings are kept."""
     saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     import deepspeed
 
@@ -119,12 +123,13 @@ def join_process_group() -> None:
     from unittest import mock
 
     deepspeed = import_deepspeed()
-    ds_torch = importlib.import_module("deepspeed.comm.torch")  # ``deepspeed.comm.torch`` the attribute is torch
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # the attribute is torch
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    # the engine picks its device by LOCAL_RANK; rlvr has already set this rank's device (parallel.init_distributed)
-    os.environ.setdefault("LOCAL_RANK", str(torch.cuda.current_device() if dist.get_backend() == "nccl" else 0))
+    # the engine picks its device by LOCAL_RANK; parallel.init_distributed has already set this rank's device
+    local = torch.cuda.current_device() if dist.get_backend() == "nccl" else 0
+    os.environ.setdefault("LOCAL_RANK", str(local))
     with mock.patch.object(ds_torch, "build_shm_op", lambda: None):
         deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
 
@@ -180,17 +185,24 @@ class DeepSpeedTrainer(Trainer):
         return policy
 
     def _frozen_reference(self, hf_model: torch.nn.Module) -> torch.nn.Module:
-        """The KL reference in eval mode without gradients, in the policy's compute dtype: under ZeRO-3 an engine
-        without optimizer that partitions it like the policy; under ZeRO-1/2 (replicated parameters) the module."""
+        """The KL reference in eval mode without gradients, in the policy's compute dtype: under ZeRO-3 an
+        engine without optimizer that partitions it like the policy; under ZeRO-1/2 (replicated parameters)
+        the module itself."""
         reference = self._wrap(hf_model).requires_grad_(False).eval()
         if self.cfg.deepspeed.zero_stage < 3:
             return reference.to(torch.bfloat16) if self.cfg.dtype == "bfloat16" else reference
         config = {k: v for k, v in ds_config(self.cfg).items() if k != "gradient_clipping"}
         with quiet_step():
-            engine = import_deepspeed().initialize(model=reference, config=config, dist_init_required=False)[0]
-        return engine.eval()
+            engine = import_deepspeed().initialize(model=reference, config=config,
+                                                   dist_init_required=False)[0]
+        engine.eval()  # DeepSpeedEngine.eval() returns None
+        return engine
 
     # ------------------------------------------------------------------ update
+    def _forward(self, mb, model=None):
+        with quiet_step():  # ZeRO-3 gathers parameters in the forward
+            return super()._forward(mb, model)
+
     def backward(self, loss: torch.Tensor) -> None:
         # DeepSpeed averages gradients over ranks; each rank's loss is a partial sum of the global loss
         with quiet_step():
@@ -217,7 +229,8 @@ class DeepSpeedTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
-        """DeepSpeed's sharded model + optimizer + scheduler in ``path/trainer``, plus this rank's scheduler and RNG."""
+        """DeepSpeed's sharded model, optimizer and scheduler in ``path/trainer``, plus this rank's scheduler
+        and RNG."""
         with quiet_step():
             self.engine.save_checkpoint(os.path.join(path, CHECKPOINT_DIR), tag=TAG)
         torch.save(self._local_state(), os.path.join(path, f"trainer_rank{self._rank()}.pt"))
@@ -248,6 +261,6 @@ def hf_state_dict(path: str) -> Dict[str, torch.Tensor]:
     import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    with quiet_step():
+    with quiet_step(), contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
         sd = get_fp32_state_dict_from_zero_checkpoint(os.path.join(path, CHECKPOINT_DIR), tag=TAG)
     return {Trainer.policy_key(k): v.float() for k, v in sd.items()}

@@ -14,4 +14,5 @@ from rlvr.registry import Registry
 from rlvr.train.deepspeed_trainer import DeepSpeedTrainer
 from rlvr.train.trainer import Trainer
 
-TRAINER_ENGINES: Registry[type] = Registry("trainer.engine", {"fsdp2": Trainer, "deepspeed": DeepSpeedTrainer})
+TRAINER_ENGINES: Registry[type] = Registry("trainer.engine",
+                                          {"fsdp2": Trainer, "deepspeed": DeepSpeedTrainer})
