@@ -33,8 +33,9 @@ from rlvr.loop.metrics import merge_steps, read_metrics
 
 METHODS = ("grpo", "static_entropy80", "tp_schedule", "d3s", "reinforce_ada")
 BASE = "configs/quickstart_reasoning.yaml"
-DEFAULT_OVERRIDES = ("schedule.total_steps=30", "eval.every=5", "trainer.lr=2e-5")  # short, slow enough to see
-# the learning curve (at the quickstart lr 1e-4 every method is at its plateau by the first evaluation)
+# Short runs, at a learning rate low enough to see the learning curve: at the quickstart's lr 1e-4 every
+# method is on its plateau by the first evaluation (BENCHMARKS.md).
+DEFAULT_OVERRIDES = ("schedule.total_steps=30", "eval.every=5", "trainer.lr=2e-5")
 # A fresh local Ray per run: a bare ray.init() joins any Ray already running on a shared machine (another
 # user's, with its own auth token) and hangs.  The pinned threads are what rlvr's own local start sets.
 RUN_ENV = {"RAY_ADDRESS": "local", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -83,6 +84,16 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: str, overrides: Sequence[str], seeds: Sequence[int],
+               results: dict[str, list[dict[str, float]]]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    summary = {m: {k: mean_std([r[k] for r in runs]) for k in ("gain", "auc", "final_entropy")}
+               for m, runs in results.items()}
+    with open(path, "w") as f:
+        json.dump({"base": BASE, "overrides": list(overrides), "seeds": list(seeds), "runs": results,
+                   "summary": summary, "loadavg": os.getloadavg()}, f, indent=2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -101,13 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{method} seed {seed}: held-out {100 * r['before']:.1f}% -> {100 * r['after']:.1f}% "
                   f"({100 * r['gain']:+.1f}), AUC {100 * r['auc']:.1f}%, "
                   f"final entropy {r['final_entropy']:.3f}, {r['seconds']:.0f}s", flush=True)
+            write_json(args.out, overrides, args.seeds, results)  # after every run: a stopped bench keeps it
     print(table(results))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    summary = {m: {k: mean_std([r[k] for r in runs]) for k in ("gain", "auc", "final_entropy")}
-               for m, runs in results.items()}
-    with open(args.out, "w") as f:
-        json.dump({"base": BASE, "overrides": overrides, "seeds": args.seeds, "runs": results,
-                   "summary": summary, "loadavg": os.getloadavg()}, f, indent=2)
     print(f"wrote {args.out}")
     return 0
 

@@ -26,6 +26,7 @@ build included) on CPU.
 Runs without Ray or vLLM:
 
     python bench/trainer_bench.py --shape tiny --steps 3                     # CPU, seconds
+    python bench/trainer_bench.py --shape 25m --engine deepspeed --zero-stage 3   # the DeepSpeed engine
     python bench/trainer_bench.py --shape 0.5b --device cuda --dtype bfloat16 --attn flash_attention_2
     torchrun --nproc_per_node 8 bench/trainer_bench.py --shape 1.5b --device cuda --dtype bfloat16 \\
         --activation-checkpointing       # FSDP2 on NCCL, --tokens per rank
@@ -47,7 +48,8 @@ import torch
 from rlvr.algo.losses import aggregation_denominator
 from rlvr.rollout.sample import Sample
 from rlvr.train.batching import build_micro_batch, pad_responses, plan_micro_batches
-from rlvr.config import LossConfig, TrainerConfig
+from rlvr.config import DeepSpeedConfig, LossConfig, TrainerConfig
+from rlvr.train.engines import TRAINER_ENGINES
 from rlvr.train.trainer import Trainer
 
 QWEN = dict(vocab_size=151936, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6,
@@ -56,6 +58,9 @@ SHAPES: Dict[str, dict] = {
     # the CPU model's shape (rlvr.config.TinyModelConfig) with a small vocabulary: seconds on one core
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=256, vocab_size=1024, tie_word_embeddings=False, max_position_embeddings=4096),
+    # bench/vs_trl.py's compute size (25M parameters with this vocabulary)
+    "25m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                intermediate_size=1536, vocab_size=1024, tie_word_embeddings=False, max_position_embeddings=4096),
     "0.5b": dict(QWEN, hidden_size=896, num_hidden_layers=24, num_attention_heads=14, intermediate_size=4864),
     "1.5b": dict(QWEN, hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, intermediate_size=8960),
 }
@@ -76,6 +81,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    "[max_len/4, max_len], 1/4 prompt (default: 256 tiny, 4096 otherwise)")
     p.add_argument("--no-packing", dest="packing", action="store_false", help="right-padded micro-batches")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--engine", choices=TRAINER_ENGINES.names(), default="fsdp2", help="trainer.engine")
+    p.add_argument("--zero-stage", type=int, choices=(1, 2, 3), default=2, help="with --engine deepspeed")
     p.add_argument("--chunk", type=int, default=1024, help="tokens per chunk of the fused log-prob head")
     p.add_argument("--steps", type=int, default=3, help="timed steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -210,8 +217,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     n_params, n_total = matmul_params(model), sum(p.numel() for p in model.parameters())
     tcfg = TrainerConfig(lr=1e-6, micro_batch_tokens=args.micro_batch_tokens, dtype=args.dtype,
                          attn_implementation=args.attn, activation_checkpointing=args.activation_checkpointing,
-                         packing=args.packing, logprob_chunk=args.chunk)
-    trainer = Trainer.from_hf_model(model, tcfg, mesh=mesh, device=device)
+                         packing=args.packing, logprob_chunk=args.chunk, engine=args.engine,
+                         deepspeed=DeepSpeedConfig(zero_stage=args.zero_stage))
+    trainer = TRAINER_ENGINES.get(args.engine).from_hf_model(model, tcfg, mesh=mesh, device=device)
     samples, plan, fields = build_batch(args, world, rank, cfg.vocab_size)
     stats_s = old_logprob(trainer, samples, plan, fields, args.packing)
     mbs = [build_micro_batch(samples, ix, args.packing).with_fields(**fields) for ix in plan]
@@ -228,7 +236,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     attn = attention_flops(samples, plan, cfg) * world / med["step"]  # ranks hold similar sequence mixes
     peak = args.peak_tflops * 1e12 * world if args.peak_tflops else None
     result = {
-        "shape": args.shape, "device": str(dev.type), "world_size": world, "dtype": args.dtype, "attn": args.attn,
+        "shape": args.shape, "engine": args.engine + (f" zero-{args.zero_stage}" if args.engine == "deepspeed" else ""),
+        "device": str(dev.type), "world_size": world, "dtype": args.dtype, "attn": args.attn,
         "packing": args.packing, "activation_checkpointing": args.activation_checkpointing,
         "params": n_total, "matmul_params": n_params, "tokens_per_step": tokens,
         "micro_batches_per_rank": len(mbs), "computed_tokens_per_rank": sum(mb.num_tokens for mb in mbs),
@@ -245,9 +254,9 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 def markdown(r: Dict[str, object]) -> str:
     mfu = f"{100 * r['mfu']:.1f}% / {100 * r['mfu_incl_attn']:.1f}%" if r["mfu"] is not None else "n/a"
     return (
-        "| shape | device x world | dtype | attn | packed | AC | tokens/step | step s | fwd s | bwd s | opt s "
-        "| tokens/s | model TFLOP/s | MFU 6N / +attn | peak GiB |\n|" + "---|" * 15 + "\n"
-        f"| {r['shape']} | {r['device']} x {r['world_size']} | {r['dtype']} | {r['attn']} | {r['packing']} "
+        "| shape | engine | device x world | dtype | attn | packed | AC | tokens/step | step s | fwd s | bwd s | opt s "
+        "| tokens/s | model TFLOP/s | MFU 6N / +attn | peak GiB |\n|" + "---|" * 16 + "\n"
+        f"| {r['shape']} | {r['engine']} | {r['device']} x {r['world_size']} | {r['dtype']} | {r['attn']} | {r['packing']} "
         f"| {r['activation_checkpointing']} | {r['tokens_per_step']} | {r['step_s']:.3f} | {r['forward_s']:.3f} "
         f"| {r['backward_s']:.3f} | {r['optimizer_s']:.3f} | {r['tokens_per_s']:.0f} | {r['model_tflops']:.4g} "
         f"| {mfu} | {r['peak_memory_gib']:.2f} |"

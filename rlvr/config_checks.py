@@ -21,6 +21,7 @@ Like the schema, this module imports no torch, Ray or vLLM.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from typing import Any
@@ -279,3 +280,6 @@ def check_paths(cfg: Any) -> None:
     resume = cfg.checkpoint.resume
     need(resume is None or resume == "auto" or os.path.isdir(os.path.expanduser(resume)),
          f"checkpoint.resume: checkpoint directory not found: {resume} (or 'auto' for the newest in the run dir)")
+    # the run's own machine must have what the engine imports (not rlvr submit's laptop: no check there)
+    need(cfg.trainer.engine != "deepspeed" or importlib.util.find_spec("deepspeed") is not None,
+         "trainer.engine=deepspeed needs DeepSpeed: pip install -e '.[deepspeed]' (or trainer.engine=fsdp2)")

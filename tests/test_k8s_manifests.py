@@ -176,6 +176,15 @@ def test_pools_fit_their_worker_groups(rendered, size):
         assert k8s_check.pool_errors(k8s_check.cluster_spec(obj), cfg) == []
 
 
+def test_the_deepspeed_offload_example_fits_the_8xh100_groups(rendered):
+    cfg = load_config([str(REPO / "configs/cluster_8xh100.yaml"), str(REPO / "configs/engines/deepspeed_zero3_offload.yaml")])
+    assert (cfg.trainer.engine, cfg.trainer.deepspeed.zero_stage, cfg.trainer.deepspeed.offload_optimizer) == (
+        "deepspeed", 3, "cpu")
+    for kind in ("cluster", "job"):
+        obj = rendered[f"overlays/8xh100/{kind}"][0]
+        assert k8s_check.pool_errors(k8s_check.cluster_spec(obj), cfg) == []
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_each_pool_has_a_group_of_its_own(rendered, size):
     spec = only(rendered[f"overlays/{size}/cluster"], "RayCluster")["spec"]

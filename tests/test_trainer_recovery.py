@@ -54,7 +54,8 @@ def test_recovery_without_a_checkpoint_goes_back_to_step_0(capsys):
 
 def test_waiting_for_names_the_pool_label_and_resources():
     pool = PoolConfig(num_cpus=0.5, label_selector={"rlvr.io/pool": "rollout"})
-    assert waiting_for("rollout", pool) == "rollout pool: waiting for a node with rlvr.io/pool=rollout and 0.5 CPU"
+    expected = "rollout pool: waiting for a node with rlvr.io/pool=rollout and 0.5 CPU"
+    assert waiting_for("rollout", pool) == expected
     gpu = PoolConfig(num_cpus=4, num_gpus=1, resources={"a100": 1})
     assert waiting_for("trainer", gpu) == "trainer pool: waiting for a node with 4 CPU, 1 GPU, 1 a100"
 
@@ -137,8 +138,8 @@ def _same(pa, pb):
 
 
 @pytest.mark.slow
-def test_a_killed_trainer_rank_is_recovered_from_the_last_checkpoint_bit_exact(reference, tmp_path, trainer_pids,
-                                                                                capfd):
+def test_a_killed_trainer_rank_is_recovered_from_the_last_checkpoint_bit_exact(reference, tmp_path,
+                                                                                trainer_pids, capfd):
     run_dir = str(tmp_path / "killed")
     _run_killed(run_dir, 3, trainer_pids)
     out = capfd.readouterr()
@@ -154,7 +155,8 @@ def test_a_killed_trainer_rank_is_recovered_from_the_last_checkpoint_bit_exact(r
 
 
 @pytest.mark.slow
-def test_without_a_checkpoint_the_run_restarts_from_step_0_bit_exact(reference, tmp_path, trainer_pids, capfd):
+def test_without_a_checkpoint_the_run_restarts_from_step_0_bit_exact(reference, tmp_path, trainer_pids,
+                                                                      capfd):
     run_dir = str(tmp_path / "no_checkpoint")
     _run_killed(run_dir, 2, trainer_pids, "checkpoint.every=0")
     out = capfd.readouterr()
