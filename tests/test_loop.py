@@ -80,7 +80,7 @@ def test_scheduler_pushes_each_steps_values_and_engines_get_the_trainers_weights
 def test_verifier_scores_the_full_response_whatever_the_percentile(loop):
     """At percentile 0.99 only the last token is trained, but the reward sees the whole text."""
     step = len(loop.history)
-XX
+    seen, _ = loop.rollout(step, loop.sampler.next_batch)  # the step's generate + verify phase
     assert seen and schedule_value(loop.cfg.schedule.percentile, step, loop.cfg.schedule.total_steps) > 0.3
     for s in seen:
         assert s.text == loop.tokenizer.decode(s.response_ids, skip_special_tokens=True)
