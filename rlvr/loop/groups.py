@@ -407,8 +407,9 @@ def start_ray(cfg: RLConfig) -> None:
         ray.init(address=address, namespace=cfg.cluster.namespace)
     else:
         runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}}
-        ray.init(num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace, runtime_env=runtime_env,
-                 dashboard_host=cfg.cluster.dashboard_host, include_dashboard=False)
+        # address="local": always a new instance, never a `ray start` cluster that happens to run here
+        ray.init(address="local", num_cpus=cfg.cluster.num_cpus, namespace=cfg.cluster.namespace,
+                 runtime_env=runtime_env, dashboard_host=cfg.cluster.dashboard_host, include_dashboard=False)
 
 
 def create_serving(cfg: RLConfig, classes: ActorClasses, model_path: str,

@@ -63,8 +63,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from rlvr.config import DataSection, DatasetConfig, ModelConfig, TinyModelConfig
-from rlvr.data import GENERATOR_VERSION, Prompt, generate_arithmetic
-from rlvr.data import chain
+from rlvr.data import GENERATOR_VERSION, Prompt, chain, generate_arithmetic
 from rlvr.verifiers import compute_reward
 
 logger = logging.getLogger(__name__)
@@ -172,14 +171,12 @@ def warmstart_corpus(
     tokenizer: PreTrainedTokenizerFast, tcfg: TinyModelConfig, max_operand: int
 ) -> list[tuple[list[int], list[int]]]:
     """``(prompt ids, response ids + EOS)`` for every warm-start example, training part only."""
-    n = tcfg.warmstart_steps * tcfg.warmstart_batch
+    n, rng = tcfg.warmstart_steps * tcfg.warmstart_batch, random.Random(tcfg.seed)
     if tcfg.task == "chain":
         prompts = chain.generate_chain(n, seed=tcfg.seed, max_operand=max_operand, heldout=False)
-        rng = random.Random(tcfg.seed)
         responses = [chain.teacher_solution(p, tcfg.warmstart_direct, rng) for p in prompts]
     else:
         prompts = generate_arithmetic(n, seed=tcfg.seed, max_operand=max_operand, heldout=False)
-        rng = random.Random(tcfg.seed)
         responses = [teacher_response(p, tcfg.warmstart_direct, rng) for p in prompts]
     prompt_ids = tokenizer([p.prompt for p in prompts], add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
