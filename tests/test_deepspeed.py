@@ -235,7 +235,7 @@ def test_quickstart_trains_with_deepspeed(tmp_path):
     from pathlib import Path
 
     pytest.importorskip("deepspeed")
-    from rlvr.loop.checkpoint import _base_model, _saved_config, latest
+    from rlvr.loop.checkpoint import _base_model, latest, saved_config
     from rlvr.loop.metrics import merge_steps, read_metrics
     from rlvr.train.deepspeed_trainer import hf_state_dict, is_checkpoint
 
@@ -253,7 +253,7 @@ def test_quickstart_trains_with_deepspeed(tmp_path):
     assert "all_gather_into_tensor" not in out.stderr + out.stdout
     ckpt = latest(run_dir)
     assert ckpt is not None and is_checkpoint(ckpt)
-    model, _ = _base_model(_saved_config(ckpt))
+    model, _ = _base_model(saved_config(ckpt))
     weights = hf_state_dict(ckpt)
     expected = model.state_dict()
     assert {k: tuple(v.shape) for k, v in weights.items()} == {k: tuple(v.shape) for k, v in expected.items()}

@@ -182,3 +182,31 @@ def test_an_interrupted_run_prints_the_command_that_resumes_it(tmp_path, monkeyp
     assert one_line(capsys) == (f"[rlvr] stopped after step 5; checkpoint {ckpt}. Resume with: rlvr train "
                                 f"{QUICKSTART} schedule.total_steps=4 logging.run_dir={tmp_path / 'run'} "
                                 f"resume={ckpt}")
+
+
+def _checkpoint_with_config(run_dir: Path, step: int, model_path: str) -> Path:
+    from rlvr.config import load_config, to_yaml
+
+    tmp = checkpoint.begin(str(run_dir), step)
+    return Path(checkpoint.commit(tmp, {"step": step, "config": to_yaml(load_config([], [f"model.path={model_path}"]))},
+                                  keep=0))
+
+
+def test_resume_auto_skips_a_corrupt_newest_checkpoint_naming_it(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    good = _checkpoint_with_config(run_dir, 2, "tiny")
+    bad = _checkpoint_with_config(run_dir, 4, "tiny")
+    (bad / "driver.json").write_text("{torn")
+    assert checkpoint.latest(str(run_dir)) == str(good)
+    assert f"skipping a corrupt checkpoint: {bad}/driver.json" in caplog.text
+
+
+def test_resume_auto_refuses_another_model_naming_both(tmp_path, started, capsys):
+    run_dir = tmp_path / "run"
+    ckpt = _checkpoint_with_config(run_dir, 2, "tiny")
+    other = tmp_path / "other_model"
+    other.mkdir()
+    assert train(f"logging.run_dir={run_dir}", "resume=auto", f"model.path={other}") == 2
+    msg = one_line(capsys)
+    assert f"resume=auto would continue {ckpt}, trained from model.path=tiny, with model.path={other}" in msg
+    assert started == []

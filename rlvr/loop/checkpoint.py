@@ -18,6 +18,7 @@ A run directory holds one run: :func:`run_contents` says what marks it as taken 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
@@ -25,6 +26,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+_log = logging.getLogger(__name__)
 IN_FLIGHT = "in_flight.pkl"
 _STEP = re.compile(r"^step_(\d+)$")
 
@@ -63,9 +65,18 @@ def list_checkpoints(root: str) -> List[str]:
 
 
 def latest(run_dir: str) -> Optional[str]:
-    """The newest complete checkpoint of ``run_dir`` (one with its driver.json), or None."""
-    found = [p for p in list_checkpoints(checkpoint_root(run_dir)) if os.path.isfile(os.path.join(p, "driver.json"))]
-    return found[-1] if found else None
+    """The newest complete checkpoint of ``run_dir`` (a readable driver.json), or None; a newer one
+    that is unreadable (a torn or corrupt file) is skipped with a warning naming it."""
+    for path in reversed(list_checkpoints(checkpoint_root(run_dir))):
+        if not os.path.isfile(os.path.join(path, "driver.json")):
+            continue
+        try:
+            read_driver_state(path)
+        except CheckpointError as exc:
+            _log.warning("[rlvr] skipping a corrupt checkpoint: %s", exc)
+            continue
+        return path
+    return None
 
 
 class CheckpointError(ValueError):
@@ -151,7 +162,7 @@ def consolidate(path: str) -> str:
     final = os.path.join(path, "hf")
     if os.path.isfile(os.path.join(final, "config.json")):
         return final
-    model, tokenizer = _base_model(_saved_config(path))
+    model, tokenizer = _base_model(saved_config(path))
     from rlvr.train import deepspeed_trainer
 
     if deepspeed_trainer.is_checkpoint(path):  # DeepSpeed's ZeRO layout: its fp32 masters, read offline
@@ -205,7 +216,7 @@ def _base_model(cfg: Any) -> Tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), AutoTokenizer.from_pretrained(base)
 
 
-def _saved_config(path: str) -> Any:
+def saved_config(path: str) -> Any:
     """The run config stored in a checkpoint's ``driver.json``."""
     from omegaconf import OmegaConf
 

@@ -84,6 +84,11 @@ def prepare_run_dir(cfg: RLConfig, fresh: bool = False) -> Optional[Tuple[str, i
         raise RunDirError(f"logging.run_dir={run_dir} already holds a run ({', '.join(held)}) and {what}: "
                           f"continue it with resume=auto, or start over with --fresh "
                           f"(moves it to {run_dir}.old-<timestamp>)")
+    if resume == "auto" and path is not None and checkpoint.read_driver_state(path).get("config"):
+        saved = checkpoint.saved_config(path).model.path
+        if saved != cfg.model.path:
+            raise RunDirError(f"resume=auto would continue {path}, trained from model.path={saved}, with "
+                              f"model.path={cfg.model.path}: use the same model, or a new logging.run_dir")
     if resume == "auto" and path is None:
         _log(f"resume=auto: no checkpoint in {checkpoint.checkpoint_root(run_dir)}; starting at step 0"
              + (" (the earlier metrics rows are replaced)" if held else ""))
