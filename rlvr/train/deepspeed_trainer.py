@@ -63,13 +63,23 @@ def _torch_adamw(cfg: TrainerConfig) -> Callable:
     return lambda params: torch.optim.AdamW(params, **_adamw_kwargs(cfg))
 
 
+def _say_compiling(op: str) -> None:
+    """The first start builds DeepSpeed's C++/CUDA op; say so, and where it is cached."""
+    cache = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions"))
+    if not any(op in d for _, dirs, _ in os.walk(cache) for d in dirs):
+        print(f"[rlvr] building DeepSpeed's {op} op (first start only, 1-2 min; needs a C++ compiler; "
+              f"cached in {cache})", flush=True)
+
+
 def _cpu_adam(cfg: TrainerConfig) -> Callable:
+    _say_compiling("cpu_adam")
     from deepspeed.ops.adam import DeepSpeedCPUAdam  # compiles its C++ op on first use
 
     return lambda params: DeepSpeedCPUAdam(params, adamw_mode=True, **_adamw_kwargs(cfg))
 
 
 def _fused_adam(cfg: TrainerConfig) -> Callable:
+    _say_compiling("fused_adam")
     from deepspeed.ops.adam import FusedAdam  # compiles its op on first use
 
     return lambda params: FusedAdam(params, adam_w_mode=True, **_adamw_kwargs(cfg))
