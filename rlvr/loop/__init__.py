@@ -4,6 +4,7 @@
 - :mod:`rlvr.loop.run`        ``build_run`` / ``run``: set up, evaluate, step, checkpoint, resume
 - :mod:`rlvr.loop.pipeline`   k-step asynchronous rollouts (``rollout.max_staleness``), pool busy/overlap
 - :mod:`rlvr.loop.groups`     one class per actor pool (fan-out, retries, restarts); Ray start-up
+- :mod:`rlvr.loop.recovery`   rebuilding the trainer group after a lost rank, inside the run
 - :mod:`rlvr.loop.checkpoint` atomic run checkpoints and their consolidation into HF directories
 - :mod:`rlvr.loop.metrics`    ``metrics.jsonl``, TensorBoard, W&B, MLflow; the step line
 - :mod:`rlvr.loop.progress`   the progress bar
