@@ -27,7 +27,8 @@ def _build_backends(cfg: Any, checkpoint: str) -> Tuple[Any, Any]:
     from transformers import AutoTokenizer
 
     from rlvr.loop.checkpoint import resolve_checkpoint
-    from rlvr.loop.groups import create_serving, start_ray
+    from rlvr.loop.groups import create_serving
+    from rlvr.loop.placement import start_ray
     from rlvr.tools.evaluate import EngineGenerate
     from workers import ACTORS
 

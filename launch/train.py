@@ -46,7 +46,8 @@ def train(argv: List[str], fresh: bool = False) -> int:
     overrides = ["checkpoint." + a if a.startswith("resume=") else a for a in argv if "=" in a]
     cfg = load_config(paths, overrides, check_paths=True)
 
-    from rlvr.loop.run import Interrupted, prepare_run_dir, run
+    from rlvr.loop.run import prepare_run_dir, run
+    from rlvr.loop.signals import Interrupted
 
     start = prepare_run_dir(cfg, fresh)
     if start and start[1] >= cfg.schedule.total_steps:

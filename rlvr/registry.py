@@ -2,7 +2,7 @@
 verifiers, dataset adapters, rollout backends).
 
 Design: a registry is an explicit, ordered name -> implementation table built where the
-implementations live, so a reader sees every choice in one place (STYLE 3).  Lookups go
+implementations live, so a reader sees every choice in one place, and adding one is one line.  Lookups go
 through :meth:`Registry.get`, which fails in one line naming the valid choices; registering
 a name twice fails.  The torch-free name lists in :mod:`rlvr.config` mirror these tables and
 ``tests/test_algo_contracts.py`` keeps the two equal.  Pure Python: no torch import.

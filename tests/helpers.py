@@ -61,3 +61,12 @@ def run_ranks(target, world: int, timeout_s: float = 180) -> dict:
     for p in procs:
         p.join(timeout=60)
     return got
+
+
+def dapo_eq13(length: float, max_len: int, cache: int, penalty: float) -> float:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, Eq. 13) case by case, times ``penalty``."""
+    if length <= max_len - cache:
+        return 0.0
+    if length <= max_len:
+        return penalty * ((max_len - cache) - length) / cache
+    return -penalty

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers import dapo_eq13
 from rlvr.algo.advantages import ADVANTAGES
 from rlvr.config import OverlongConfig, load_config
 from rlvr.data.adapters import Prompt
@@ -25,15 +26,6 @@ from rlvr.rollout.sample import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP = 4
-
-
-def _eq13(length: int, max_len: int, cache: int, penalty: float) -> float:
-    """DAPO Eq. 13 case by case, times ``penalty``."""
-    if length <= max_len - cache:
-        return 0.0
-    if length <= max_len:
-        return penalty * ((max_len - cache) - length) / cache
-    return -penalty
 
 
 class FakeRollouts:
@@ -121,9 +113,9 @@ def test_shape_rewards_adds_the_pure_penalty_per_sample():
     verified = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
     cfg = OverlongConfig(max_len=12, cache=4, penalty=0.5)
     shaped, metrics = shape_rewards(verified, lengths, cfg)
-    want = [v + _eq13(int(n), 12, 4, 0.5) for v, n in zip(verified.tolist(), lengths.tolist())]
+    want = [v + dapo_eq13(int(n), 12, 4, 0.5) for v, n in zip(verified.tolist(), lengths.tolist())]
     assert shaped.tolist() == pytest.approx(want, abs=1e-7)
-    penalties = [_eq13(int(n), 12, 4, 0.5) for n in lengths.tolist()]
+    penalties = [dapo_eq13(int(n), 12, 4, 0.5) for n in lengths.tolist()]
     assert metrics["reward/overlong_penalty_mean"] == pytest.approx(sum(penalties) / len(penalties))
     assert metrics["reward/overlong_frac"] == pytest.approx(6 / 9)  # lengths 9..40
     off, none = shape_rewards(verified, lengths, OverlongConfig())
@@ -137,10 +129,10 @@ def test_step_trains_on_verifier_reward_plus_overlong_penalty():
                  "algorithm.overlong.penalty=1.0", "rollout.max_tokens=32")
     metrics = loop.step(0, _batches(_prompts(2)))
     pairs = [p for prompt in script[0] for p in prompt]
-    shaped = torch.tensor([r + _eq13(n, 12, 4, 1.0) for n, r in pairs])
+    shaped = torch.tensor([r + dapo_eq13(n, 12, 4, 1.0) for n, r in pairs])
     want_adv, _ = ADVANTAGES.get("grpo")(shaped, GROUP, loop.cfg.algorithm.advantage_eps)
     torch.testing.assert_close(_sent_advantages(loop, len(pairs)), want_adv)
-    penalties = [_eq13(n, 12, 4, 1.0) for n, _ in pairs]
+    penalties = [dapo_eq13(n, 12, 4, 1.0) for n, _ in pairs]
     assert metrics["reward/overlong_penalty_mean"] == pytest.approx(sum(penalties) / len(pairs))
     assert metrics["reward/overlong_frac"] == pytest.approx(6 / 8)
     assert metrics["reward/mean"] == pytest.approx(float(shaped.mean()))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from launch.train import command
-from rlvr.loop.run import Interrupted, StopSignals
+from rlvr.loop.signals import Interrupted, StopSignals
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8

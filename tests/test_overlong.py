@@ -5,19 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import dapo_eq13
 from rlvr.algo.overlong import overlong_penalty
 from rlvr.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _slow(length: float, max_len: int, cache: int, penalty: float) -> float:
-    """Eq. 13 case by case, times ``penalty``."""
-    if length <= max_len - cache:
-        return 0.0
-    if length <= max_len:
-        return penalty * ((max_len - cache) - length) / cache
-    return -penalty
 
 
 def test_hand_computed_edges():
@@ -46,7 +38,7 @@ def test_matches_slow_loop_on_random_lengths():
     for max_len, cache, penalty in [(64, 16, 1.0), (64, 64, 0.3), (50, 7, 2.0), (10, 1, 1.0)]:
         lengths = torch.randint(0, 2 * max_len, (500,), generator=gen)
         got = overlong_penalty(lengths, max_len, cache, penalty)
-        want = torch.tensor([_slow(float(n), max_len, cache, penalty) for n in lengths])
+        want = torch.tensor([dapo_eq13(float(n), max_len, cache, penalty) for n in lengths])
         torch.testing.assert_close(got, want)
 
 

@@ -35,7 +35,8 @@ def served(request, tmp_path_factory):
     from safetensors.torch import load_file
 
     from helpers import tiny_checkpoint
-    from rlvr.loop.groups import RolloutGroup, start_ray
+    from rlvr.loop.groups import RolloutGroup
+    from rlvr.loop.placement import start_ray
     from workers import ACTORS
 
     root = tmp_path_factory.mktemp(f"contract-{request.param}")

@@ -17,6 +17,7 @@ from launch import train as train_cmd
 from rlvr.data import DataError
 from rlvr.loop import checkpoint
 from rlvr.loop import run as run_mod
+from rlvr.loop.signals import Interrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs/quickstart_cpu.yaml")
@@ -175,7 +176,7 @@ def test_an_interrupted_run_prints_the_command_that_resumes_it(tmp_path, monkeyp
     ckpt = f"{tmp_path}/run/checkpoints/step_000005"
 
     def stopped(cfg, classes):
-        raise run_mod.Interrupted(15, 5, ckpt)
+        raise Interrupted(15, 5, ckpt)
 
     monkeypatch.setattr(run_mod, "run", stopped)
     assert train(f"logging.run_dir={tmp_path / 'run'}") == 143

@@ -3,7 +3,7 @@
 import pytest
 
 from rlvr.config import VerifierConfig
-from rlvr.loop.groups import actor_options
+from rlvr.loop.placement import actor_options
 from workers.reward_pool import RewardPool
 
 ray = pytest.importorskip("ray")

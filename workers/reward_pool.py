@@ -12,7 +12,7 @@ Contract (called by :class:`rlvr.loop.groups.RewardGroup`, which resubmits after
 * ``kill_one_process() -> pid`` and ``pids() -> [pid]``: for fault-injection tests.
 * ``shutdown()``: stops the processes.
 
-Design: the actor only unpacks and delegates (STYLE 5).  Isolation, hard per-item timeouts,
+Design: the actor only unpacks and delegates, so everything below is testable without Ray.  Isolation, hard per-item timeouts,
 memory caps and process replacement live in the pure-Python pool so they are testable without
 Ray; the verifiers are plain functions in ``rlvr.verifiers``.  The pool's worker processes come
 from a fork server, never ``fork()`` of this (threaded) actor process.  Size the actor's

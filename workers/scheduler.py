@@ -5,7 +5,7 @@ sample-keep schedules at the current step and *pushes* them to every trainer bef
 train call (the broadcast the paper's temporal schedule needs); its state is
 part of every checkpoint.
 
-Contract (called by :class:`rlvr.loop.groups.SchedulerClient` from the RL step):
+Contract (called by :class:`rlvr.loop.trainer_group.SchedulerClient` from the RL step):
 
 * ``__init__(cfg: ScheduleSection, trainers)``: the trainer rank handles it pushes to.
 * ``values(step) -> {step, percentile, decay, entropy_adv_scale, sample_keep}``: the schedules at ``step``

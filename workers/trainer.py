@@ -1,6 +1,6 @@
 """TrainerWorker: one rank of the trainer group (a thin shell over ``rlvr.train.engines``: FSDP2 or DeepSpeed).
 
-Contract (called by :class:`rlvr.loop.groups.TrainerGroup` on every rank at once, and by the
+Contract (called by :class:`rlvr.loop.trainer_group.TrainerGroup` on every rank at once, and by the
 Scheduler actor; any rank failing fails the call):
 
 * ``__init__(rank, world_size, cfg: TrainerConfig, seed)``: seeds torch, sets the thread count.

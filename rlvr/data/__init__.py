@@ -38,6 +38,7 @@ from rlvr.data.readers import READERS, column_names, Unparsable, reader_for
 from rlvr.data.sampler import PromptSampler
 
 __all__ = [
+    "BadRows",
     "ADAPTERS",
     "GENERATOR_VERSION",
     "READERS",
@@ -61,7 +62,14 @@ ON_BAD_ROW = ("skip", "fail")
 MAX_ROW_WARNINGS = 20  # further skipped rows are only counted, so a broken file cannot flood the log
 
 
-def load_dataset(cfg: DatasetConfig, on_bad_row: str = "skip") -> list[Prompt]:
+class BadRows:
+    """How many rows a reader skipped (malformed, invalid UTF-8): the run's start-up line counts them."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+
+def load_dataset(cfg: DatasetConfig, on_bad_row: str = "skip", bad_rows: BadRows | None = None) -> list[Prompt]:
     """The prompts of one dataset section: generated arithmetic, or rows of ``cfg.path``."""
     _check_on_bad_row(on_bad_row)
     _check_limit(cfg.limit)
@@ -73,7 +81,7 @@ def load_dataset(cfg: DatasetConfig, on_bad_row: str = "skip") -> list[Prompt]:
         return prompts if cfg.limit is None else prompts[: cfg.limit]
     path = Path(cfg.path).expanduser()
     check_columns(cfg, column_names(path), str(path))  # a missing column fails before any row is read
-    return read_prompts(path, bind_adapter(cfg.adapter, cfg), on_bad_row, cfg.limit)
+    return read_prompts(path, bind_adapter(cfg.adapter, cfg), on_bad_row, cfg.limit, bad_rows)
 
 
 def read_prompts(
@@ -81,9 +89,10 @@ def read_prompts(
     adapter: Callable[[Mapping[str, Any]], Prompt],
     on_bad_row: str = "skip",
     limit: int | None = None,
+    bad_rows: BadRows | None = None,
 ) -> list[Prompt]:
     """All prompts of ``path`` (at most ``limit``); a file without one usable row is a DataError."""
-    prompts = list(iter_prompts(path, adapter, on_bad_row, limit))
+    prompts = list(iter_prompts(path, adapter, on_bad_row, limit, bad_rows))
     if not prompts:
         raise DataError(f"{path}: no usable rows")
     return prompts
@@ -94,6 +103,7 @@ def iter_prompts(
     adapter: Callable[[Mapping[str, Any]], Prompt],
     on_bad_row: str = "skip",
     limit: int | None = None,
+    bad_rows: BadRows | None = None,
 ) -> Iterator[Prompt]:
     """Stream ``path`` through ``adapter``, lazily: a bad row is logged and skipped, or raised
     (``on_bad_row="fail"``) only when the reader reaches it, after the rows before it."""
@@ -111,6 +121,8 @@ def iter_prompts(
             if on_bad_row == "fail":
                 raise error from None
             skipped += 1
+            if bad_rows is not None:
+                bad_rows.skipped += 1
             if skipped <= MAX_ROW_WARNINGS:
                 logger.warning("%s (skipped)", error)
             continue

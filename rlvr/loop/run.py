@@ -17,20 +17,17 @@ launcher.  A signal during set-up or an evaluation abandons it; a second signal 
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from rlvr.config import RLConfig, to_yaml
 from rlvr.loop import checkpoint
 from rlvr.loop.checkpoint import RunDirError
 from rlvr.loop.groups import ActorClasses
+from rlvr.loop.signals import Interrupted, StopSignals
 
 
 def _log(msg: str) -> None:
@@ -95,104 +92,14 @@ def prepare_run_dir(cfg: RLConfig, fresh: bool = False) -> Optional[Tuple[str, i
     return (path, int(checkpoint.read_driver_state(path)["step"])) if path else None
 
 
-# --------------------------------------------------------------------------- signals
-class Interrupted(Exception):
-    """A SIGINT/SIGTERM stopped the run after ``step``; ``checkpoint`` resumes it (None: nothing saved)."""
-
-    def __init__(self, signum: int, step: int = 0, checkpoint: Optional[str] = None):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-class StopSignals:
-    """SIGINT/SIGTERM as a request to stop at the next step boundary; a second one exits at once.
-
-    While ``abandon`` is set (set-up, evaluations) the first signal raises :class:`Interrupted`
-    where the driver is; otherwise it only records ``signum`` and the loop stops after the step.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self.abandon = True
-        self._previous: Dict[int, Any] = {}
-
-    def install(self) -> None:
-        """(Re)install the handlers: ``ray.init`` sets its own SIGTERM handler, and ours must win."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in self.SIGNALS:
-            previous = signal.signal(sig, self._handle)
-            self._previous.setdefault(sig, previous)
-
-    def restore(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.signum is not None:
-            os.write(2, f"[rlvr] {name} again: exiting at once\n".encode())
-            os._exit(128 + signum)
-        self.signum = signum
-        what = "stopping now (set-up or evaluation abandoned)" if self.abandon else "stopping after the step in flight"
-        os.write(2, f"[rlvr] {name}: {what} (again to exit at once)\n".encode())  # print() may be mid-write
-        if self.abandon:
-            raise Interrupted(signum)
-
-    @contextmanager
-    def abandonable(self) -> Iterator[None]:
-        """A section (set-up, an evaluation) that a signal cuts short: it leaves as :class:`Interrupted`.
-
-        The handler's exception can surface as another one (raised inside Ray's C++ code it becomes
-        a ``SystemError``), so whatever leaves the section after a signal is the interruption.
-        """
-        if self.signum is not None:
-            raise Interrupted(self.signum)
-        self.abandon = True
-        try:
-            yield
-        except Exception as exc:  # re-raised, or replaced by the interruption that caused it
-            if self.signum is None or isinstance(exc, Interrupted):
-                raise
-            raise Interrupted(self.signum) from exc
-        finally:
-            self.abandon = False
-
-
 # --------------------------------------------------------------------------- set-up
-class _MalformedRows(logging.Filter):
-    """Counts the malformed rows ``rlvr.data`` reports (its per-file summary line); lets every record through."""
-
-    SUMMARY = re.compile(r": skipped (\d+) malformed row")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        match = self.SUMMARY.search(record.getMessage())
-        self.count += int(match.group(1)) if match else 0
-        return True
-
-
 def read_prompts(cfg: RLConfig) -> Tuple[List[Any], List[Any], int]:
     """(train, eval, malformed rows skipped): every prompt of both datasets, before any tokenizer."""
-    from rlvr.data import load_dataset
+    from rlvr.data import BadRows, load_dataset
 
-    counter, data_log = _MalformedRows(), logging.getLogger("rlvr.data")
-    data_log.addFilter(counter)
-    try:
-        return load_dataset(cfg.data.train, cfg.data.on_bad_row), load_dataset(cfg.data.eval, cfg.data.on_bad_row), \
-            counter.count
-    finally:
-        data_log.removeFilter(counter)
+    bad = BadRows()
+    return (load_dataset(cfg.data.train, cfg.data.on_bad_row, bad),
+            load_dataset(cfg.data.eval, cfg.data.on_bad_row, bad), bad.skipped)
 
 
 def fit_prompts(cfg: RLConfig, tokenizer: Any, prompts: List[Any], source: str) -> Tuple[List[Any], int]:
@@ -215,7 +122,8 @@ def build_run(cfg: RLConfig, classes: ActorClasses, stop: Optional[StopSignals] 
     from transformers import AutoTokenizer
 
     from rlvr.data import PromptSampler
-    from rlvr.loop.groups import create_pools, start_ray
+    from rlvr.loop.groups import create_pools
+    from rlvr.loop.placement import start_ray
     from rlvr.loop.step import RLLoop
     from rlvr.train.tiny_model import ensure_model
 

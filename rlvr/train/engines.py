@@ -1,6 +1,6 @@
 """The trainer engines: ``trainer.engine`` -> a class with the :class:`rlvr.train.trainer.Trainer` interface.
 
-Design: one seam where a second implementation is plausible (STYLE 16).  Every engine is built as
+Design: a second trainer implementation is plausible (DeepSpeed beside FSDP2), so it plugs in here.  Every engine is built as
 ``Engine(model_path, cfg, mesh=..., device=..., temperature=..., reference=...)`` and offers
 ``compute_stats``, ``train_step``, ``full_state_dict``, ``save`` and ``load``, so the RL step, the
 checkpoints and the weight transport do not know which one runs.  ``fsdp2`` is the default

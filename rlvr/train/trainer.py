@@ -1,8 +1,8 @@
 """The algorithm-blind trainer: forward/backward on the tensors it is given.
 
 Design: advantages, ``token_weight`` and the loss denominators are computed by
-the driver before anything reaches here (STYLE: the trainer is
-algorithm-blind).  The trainer only (1) recomputes ``old_logprob`` and entropy
+the driver before anything reaches here, so a new algorithm never touches
+this file or the sharded processes.  The trainer only (1) recomputes ``old_logprob`` and entropy
 when the driver needs them before the update (entropy-ranked credit, several
 updates per batch; on-policy otherwise, ``old_logprob = logprob.detach()`` as in
 TRL and verl, saving one forward pass per step),
