@@ -34,7 +34,7 @@ greedy decoding for both) before and after.  With ``--repeats R`` the two system
 and the table shows medians over repeats.  The load average is printed around each run.
 
     python bench/vs_trl.py [--steps 10] [--steps-compute 6] [--sizes tiny,compute] [--systems trl,rlvr,rlvr_skip]
-                           [--repeats 1] [--json out.json]
+                           [--repeats 1] [--json out.json] [--rlvr-set rollout.max_staleness=1 ...]
 """
 
 from __future__ import annotations
@@ -271,6 +271,7 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
         "rollout.return_logprobs=false",
         # off: forward/backward every sample, as TRL does; on (rlvr's default): leave zero-variance groups out
         f"trainer.skip_zero_advantage={str(skip_zero_advantage).lower()}",
+        *RLVR_SET,  # --rlvr-set: e.g. the pipeline's best setting (BENCHMARKS.md, Pipeline)
     ])
     start = time.perf_counter()
     run(cfg, ACTORS)
@@ -287,6 +288,7 @@ def run_rlvr(model_path: str, size: Size, steps: int, warmup: int, work_dir: str
     }
 
 
+RLVR_SET: List[str] = []  # key=value overrides of every rlvr run, from --rlvr-set
 RUNNERS = {"trl": run_trl, "rlvr": run_rlvr,
            "rlvr_skip": lambda *a: run_rlvr(*a, skip_zero_advantage=True)}
 LABELS = {"trl": "TRL GRPOTrainer", "rlvr": "rlvr, every sample trained",
@@ -322,6 +324,8 @@ def report(size: Size, steps: int, warmup: int, before: float, res: Dict[str, Di
             lines += ["", f"{LABELS[name]} / TRL samples/s: **{r['samples_per_s'] / t['samples_per_s']:.2f}x**; "
                           f"wall incl. start-up: {t['wall_s'] / r['wall_s']:.2f}x; held-out gain "
                           f"{100 * r['gain']:+.1f} vs TRL {100 * t['gain']:+.1f} pts"]
+    if RLVR_SET:
+        lines += ["", "rlvr runs with: " + " ".join(RLVR_SET)]
     lines += ["", "phases (median s/step): " + " | ".join(
         f"{name} " + ", ".join(f"{k} {v:.3f}" for k, v in m["phases"].items()) for name, m in res.items())]
     return "\n".join(lines)
@@ -347,7 +351,10 @@ def main(argv: List[str]) -> int:
                    help="torch threads of this process (TRL, the held-out evaluation, the model build); default: "
                         "every core, as rlvr gets them (2 trainer ranks of 1 thread; vLLM's OpenMP on every core)")
     p.add_argument("--json", default=None, help="also write every measurement to this file")
+    p.add_argument("--rlvr-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an rlvr config override for its runs (repeatable), e.g. rollout.max_staleness=1")
     args = p.parse_args(argv)
+    RLVR_SET[:] = args.rlvr_set
     import torch
 
     torch.set_num_threads(args.threads)

@@ -14,7 +14,8 @@ COMMANDS = {
     "train": ("launch.train", "train a policy: rlvr train CONFIG.yaml [CONFIG2.yaml ...] [key=value ...]"),
     "submit": ("launch.submit", "submit `rlvr train` to a Ray cluster through the Job Submission API"),
     "eval": ("launch.eval", "evaluate a checkpoint: rlvr eval CHECKPOINT --data FILE.jsonl"),
-    "report": ("rlvr.tools.report", "plot one or more run directories: rlvr report RUN_DIR [RUN_DIR ...]"),
+    "report": ("rlvr.tools.report", "plot run directories, or redraw a sweep: rlvr report RUN_DIR|SWEEP_DIR ..."),
+    "sweep": ("launch.sweep", "train every config x seed and compare: rlvr sweep CONFIG... --seeds 0-4 [key=value ...]"),
 }
 
 

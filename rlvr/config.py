@@ -60,6 +60,7 @@ TRAINER_ENGINES = ("fsdp2", "deepspeed")
 DEEPSPEED_OPTIMIZERS = ("torch_adamw", "cpu_adam", "fused_adam")
 TASKS = ("single", "chain")  # generated arithmetic: one operation, or a chain answered step by step
 SAMPLINGS = ("standard", "dynamic", "reinforce_ada")  # how a step's groups are sampled
+EXIT_RULES = ("balanced", "positive")  # when Reinforce-Ada stops sampling a prompt (rlvr.algo.reinforce_ada)
 DOWN_SAMPLINGS = ("none", "intra_group", "cross_group")  # D^3S sample level (rlvr.algo.d3s.DOWN_SAMPLING)
 
 
@@ -306,6 +307,7 @@ class AlgorithmConfig:
     max_sampling_rounds: int = bounded(3, 1)  # bound on dynamic-sampling / Reinforce-Ada generations per step
     sampling: str = choice("standard", *SAMPLINGS)  # reinforce_ada: sample a prompt again until it has a right and
     # a wrong answer, then keep a balanced group (rlvr.algo.reinforce_ada)
+    exit_rule: str = choice("balanced", *EXIT_RULES)  # Reinforce-Ada: balanced, or positive (one right answer)
     down_sample: str = choice("none", *DOWN_SAMPLINGS)  # D^3S: keep the max-Var(A) subset (schedule.sample_keep)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)  # DAPO length penalty (off by default)
 

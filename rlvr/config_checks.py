@@ -191,6 +191,8 @@ def _check_sampling(cfg: Any) -> None:
     need(a.sampling != "reinforce_ada" or a.advantage in ("grpo", "dr_grpo"),
          f"algorithm.sampling=reinforce_ada computes its own per-prompt advantage (grpo: normalised, dr_grpo: "
          f"centred only); algorithm.advantage={a.advantage} is neither")
+    need(a.sampling == "reinforce_ada" or a.exit_rule == "balanced",
+         f"algorithm.exit_rule={a.exit_rule} is Reinforce-Ada's: set algorithm.sampling=reinforce_ada as well")
     keep = cfg.schedule.sample_keep
     need(a.down_sample != "none" or (keep.magnitude == 1.0 and keep.end == 1.0),
          "schedule.sample_keep is below 1 but algorithm.down_sample=none keeps every sample: "

@@ -120,6 +120,7 @@ REGISTRIES = [
     ("rlvr.rollout.engine", "ROLLOUT_BACKENDS", "ROLLOUT_BACKENDS"),
     ("rlvr.algo.offpolicy", "OFF_POLICY", "OFF_POLICY"),
     ("rlvr.algo.d3s", "DOWN_SAMPLING", "DOWN_SAMPLINGS"),
+    ("rlvr.algo.reinforce_ada", "EXIT_RULES", "EXIT_RULES"),
     ("rlvr.train.engines", "TRAINER_ENGINES", "TRAINER_ENGINES"),
     ("rlvr.train.deepspeed_trainer", "OPTIMIZERS", "DEEPSPEED_OPTIMIZERS"),
 ]

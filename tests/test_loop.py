@@ -7,6 +7,7 @@ the verifier saw, and whether a killed worker stops the run.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -35,6 +36,8 @@ def loop(tmp_path_factory):
         f"logging.run_dir={run_dir}", "schedule.total_steps=6", "data.prompts_per_step=4",
         "schedule.percentile={kind: linear, magnitude: 0.99, end: 0.0, start_ratio: 0.0, end_ratio: 0.8}",
         "schedule.decay={kind: linear, magnitude: 0.0, end: 0.5, start_ratio: 0.2, end_ratio: 1.0}",
+        "algorithm.down_sample=intra_group",  # D^3S: its kept share is the third scheduled scalar
+        "schedule.sample_keep={kind: linear, magnitude: 0.5, end: 1.0, start_ratio: 0.0, end_ratio: 0.5}",
     ])
     run = build_run(cfg, ACTORS)  # what `rlvr train` builds
     rl = run.loop
@@ -73,6 +76,10 @@ def test_scheduler_pushes_each_steps_values_and_engines_get_the_trainers_weights
         for r in received:
             assert r["percentile"] == schedule_value(cfg.percentile, r["step"], cfg.total_steps)
             assert r["decay"] == schedule_value(cfg.decay, r["step"], cfg.total_steps)
+            assert r["sample_keep"] == schedule_value(cfg.sample_keep, r["step"], cfg.total_steps)
+    G = loop.cfg.algorithm.group_size  # D^3S keeps ceil(share * G) of each group: 4, 6, 7 of 8
+    assert [m["d3s/kept_frac"] for m in loop.history] == [
+        math.ceil(G * schedule_value(cfg.sample_keep, s, cfg.total_steps)) / G for s in range(len(loop.history))]
     assert loop.history[0]["schedule/percentile"] == pytest.approx(0.99)
     assert loop.history[0]["credit/targeted_frac"] < 0.6  # only the end of each response at p=0.99
 

@@ -25,6 +25,9 @@ def test_targets_and_exit_rule():
     assert is_done([1, 0, 1, 0], 4) and is_done([1, 1, 0, 0, 0, 1], 4)
     assert not is_done([1, 1, 1, 0], 4) and not is_done([0, 0, 0, 0, 0, 0, 0, 1], 4)
     assert not is_done([1, 0], 4)  # enough of neither
+    # positive (Reinforce-Ada-pos): one right answer is enough, however many wrong ones
+    assert is_done([0, 0, 0, 1], 4, "positive") and is_done([1], 4, "positive")
+    assert not is_done([0, 0, 0, 0, 0, 0, 0, 0], 4, "positive") and not is_done([0.5], 4, "positive")
 
 
 def _slow_group(rewards, G, threshold=0.5):
@@ -115,6 +118,7 @@ def test_unfinished_prompts_are_sampled_again_and_grouped_balanced():
     assert seeds[2] == list(request_seeds(loop.cfg.seed, step * 64 + 2, 1))
     assert metrics["sampling/rounds"] == 3.0 and metrics["sampling/unfinished_frac"] == 0.0
     assert metrics["sampling/responses_per_prompt"] == (4 + 12) / 2
+    assert metrics["sampling/samples_generated"] == 4 + 12  # the step's budget: every round counted
     collected = [[1, 0, 0, 1], [0, 0, 0, 0, 0, 1, 0, 0, 1, 1, 0, 1]]
     groups = [balanced_group(c, GROUP) for c in collected]
     assert groups[1] == [0, 1, 5, 8]  # the two earliest wrong, the two earliest right
@@ -132,6 +136,26 @@ def test_the_round_budget_stops_sampling_and_the_prompt_keeps_what_it_has():
     assert metrics["adv/zero_variance_group_frac"] == 0.5
     # the all-right prompt (8 collected) has advantage 0: the trainers' zero-advantage skip leaves it out
     assert metrics["train/trained_frac"] == 0.5 and torch.isnan(_sent_advantages(loop, 8)[:4]).all()
+
+
+def test_positive_exit_rule_stops_at_the_first_right_answer():
+    rounds = [
+        [_r(0, 0, 0, 0), _r(0, 0, 0, 0)],  # nothing right yet
+        [_r(0, 1, 0, 0), _r(0, 0, 0, 0)],  # round 1: prompt 0 has one right answer and leaves
+        [_r(1, 1, 1, 1)],                  # round 2: only prompt 1 is sampled again
+    ]
+    loop = _ada_loop(rounds, "algorithm.max_sampling_rounds=3", "algorithm.exit_rule=positive")
+    metrics = loop.step(0, _batches(_prompts(2)))
+    assert loop.pools.rollouts.calls == 3 and [len(s) for s in loop.pools.rollouts.seeds] == [2, 2, 1]
+    assert metrics["sampling/samples_generated"] == 8 + 8 + 4
+    assert metrics["sampling/unfinished_frac"] == 0.0 and metrics["sampling/rounds"] == 3.0
+    # prompt 0 (8 collected, one right): balanced where possible = the right one and the 3 earliest wrong
+    collected = [[0, 0, 0, 0, 0, 1, 0, 0], [0] * 8 + [1, 1, 1, 1]]
+    assert balanced_group(collected[0], GROUP) == [0, 1, 2, 5]
+    rewards = torch.tensor([float(c[i]) for c in collected for i in balanced_group(c, GROUP)])
+    want = torch.cat([global_advantages(rewards[4 * g: 4 * g + 4], torch.tensor(collected[g], dtype=torch.float64),
+                                        True, loop.cfg.algorithm.advantage_eps) for g in range(2)])
+    torch.testing.assert_close(_sent_advantages(loop, 8), want)
 
 
 def test_sampling_dynamic_is_dynamic_sampling():
@@ -155,6 +179,10 @@ def test_sampling_dynamic_is_dynamic_sampling():
     (["algorithm.sampling=reinforce_ada", "algorithm.advantage=rloo"], ["reinforce_ada", "rloo"]),
     (["schedule.sample_keep=0.5"], ["sample_keep", "down_sample"]),
     (["schedule.sample_keep=0.0", "algorithm.down_sample=intra_group"], ["sample_keep", "(0, 1]"]),
+    (["schedule.sample_keep=1.5", "algorithm.down_sample=intra_group"], ["sample_keep", "(0, 1]"]),
+    (["algorithm.sampling=reinforce_ada", "algorithm.exit_rule=balance"], ["algorithm.exit_rule", "balanced",
+                                                                          "positive"]),
+    (["algorithm.exit_rule=positive"], ["algorithm.exit_rule", "algorithm.sampling=reinforce_ada"]),
     (["model.tiny.task=chain"], ["model.tiny.task=chain", "data.train.task"]),
     (["data.train.task=chain", "model.tiny.task=chain"], ["data.eval.task"]),
 ])

@@ -97,3 +97,13 @@ def test_run_without_metrics_is_an_error(tmp_path, capsys):
     os.makedirs(tmp_path / "nothing")
     assert cli(["report", str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_staleness_histogram_counts_steps_per_staleness(tmp_path):
+    os.makedirs(tmp_path / "k2")
+    with open(tmp_path / "k2" / "metrics.jsonl", "w") as f:
+        for step, stale in enumerate([0, 1, 2, 2, 2, 1, 2]):
+            f.write(json.dumps({"step": step, "pipeline/staleness": float(stale)}) + "\n")
+    assert cli(["report", str(tmp_path / "k2")]) == 0
+    report = json.loads((tmp_path / "k2" / "report.json").read_text())
+    assert report["runs"]["k2"]["staleness_histogram"] == {"0": 1, "1": 2, "2": 4}

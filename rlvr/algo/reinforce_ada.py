@@ -9,9 +9,10 @@ has enough signal; then one fixed-size group per prompt is formed from what was 
 
 The balanced variant (``Reinforce-Ada-balance``, the paper's better one), as the authors' code has it:
 
-* exit (:func:`is_done`): at least ``floor(G/2)`` positive *and* ``G - floor(G/2)`` negative
-  responses collected (positive: reward > ``threshold``; the Tinker port uses 0.7 for 0/1 rewards);
-  a prompt still active after the last round (the budget) keeps what it has;
+* exit (:func:`is_done`, ``algorithm.exit_rule``): ``balanced`` -- at least ``floor(G/2)`` positive
+  *and* ``G - floor(G/2)`` negative responses collected (positive: reward > ``threshold``; the Tinker
+  port uses 0.7 for 0/1 rewards); ``positive`` (Reinforce-Ada-pos) -- one positive collected; a
+  prompt still active after the last round (the budget) keeps what it has;
 * group (:func:`balanced_group`): ``floor(G/2)`` positives and the rest negatives, the earliest
   collected of each; when one kind is short, the other fills the group to ``G`` (the unfinished
   prompt's fallback);
@@ -30,10 +31,12 @@ Where we differ, deliberately:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from rlvr.registry import Registry
 
 
 def targets(group_size: int) -> tuple[int, int]:
@@ -42,11 +45,27 @@ def targets(group_size: int) -> tuple[int, int]:
     return pos, group_size - pos
 
 
-def is_done(rewards: Sequence[float], group_size: int, threshold: float = 0.5) -> bool:
-    """A prompt stops being sampled once it holds enough positives and negatives for a balanced group."""
+def balanced_exit(rewards: Sequence[float], group_size: int, threshold: float = 0.5) -> bool:
+    """``balanced``: enough positives and negatives collected for a balanced group."""
     want_pos, want_neg = targets(group_size)
     pos = sum(r > threshold for r in rewards)
     return pos >= want_pos and len(rewards) - pos >= want_neg
+
+
+def positive_exit(rewards: Sequence[float], group_size: int, threshold: float = 0.5) -> bool:
+    """``positive`` (the paper's Reinforce-Ada-pos): one positive response collected."""
+    return any(r > threshold for r in rewards)
+
+
+EXIT_RULES: Registry[Callable[..., bool]] = Registry("algorithm.exit_rule", {
+    "balanced": balanced_exit,
+    "positive": positive_exit,
+})
+
+
+def is_done(rewards: Sequence[float], group_size: int, rule: str = "balanced", threshold: float = 0.5) -> bool:
+    """Whether a prompt stops being sampled under exit ``rule``."""
+    return EXIT_RULES.get(rule)(rewards, group_size, threshold)
 
 
 def balanced_group(rewards: Sequence[float], group_size: int, threshold: float = 0.5) -> list[int]:

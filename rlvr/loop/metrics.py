@@ -44,8 +44,9 @@ METRIC_KEYS = (
     "loss/clip_frac_low", "loss/clip_frac_high", "loss/approx_kl", "train/loss", "train/grad_norm",
     "train/lr", "train/trained_frac", "time/generate", "time/verify", "time/stats", "time/credit", "time/train",
     "time/train_compute", "time/sync", "time/step", "perf/tokens_per_s", "rollout/logprob_mismatch",
-    "loss/kl_ref", "reward/overlong_penalty_mean", "reward/overlong_frac", "sampling/rounds", "sampling/groups_short",
-)  # the last five only with a KL term, the overlong penalty, DAPO dynamic sampling
+    "sampling/samples_generated", "loss/kl_ref", "reward/overlong_penalty_mean", "reward/overlong_frac",
+    "sampling/rounds", "sampling/groups_short",
+)  # the last five only with a KL term, the overlong penalty, DAPO dynamic sampling / Reinforce-Ada
 
 # (label, key, format) of the console line; "reward" is always printed (other tools grep for it).
 CONSOLE_KEYS = (

@@ -75,6 +75,7 @@ class RLLoop:
         self.times: Dict[str, float] = {}
         self.sampling: Dict[str, float] = {}  # the last rollout's dynamic-sampling outcome (sampling/*)
         self.collected: Optional[List[List[float]]] = None  # Reinforce-Ada: every reward of each group's prompt
+        self.generated = 0  # responses generated for the current step, every sampling round included
         self.pipeline = RolloutPipeline(self, cfg.rollout.max_staleness)
         self.trainer_busy: List[Interval] = []  # when the trainers ran stats / train / sync
 
@@ -139,11 +140,13 @@ class RLLoop:
         a = self.cfg.algorithm
         self.sampling, self.collected = {}, None
         samples, prompts, pipe_metrics = self.pipeline.take(step, step, next_batch)
+        self.generated = len(samples)  # generate_scored adds the further rounds
         mode = "dynamic" if a.dynamic_sampling else a.sampling
         if mode == "dynamic" and a.max_sampling_rounds > 1:
             samples = self.dynamic_rollout(step, samples, next_batch)
         elif mode == "reinforce_ada":
             samples, self.collected, self.sampling = reinforce_ada_rollout(self, step, prompts, samples)
+        self.sampling["sampling/samples_generated"] = float(self.generated)  # the step's generation budget
         return samples, pipe_metrics
 
     def dynamic_rollout(self, step: int, samples: List[Sample], next_batch: Callable[[], Sequence]) -> List[Sample]:
@@ -171,6 +174,7 @@ class RLLoop:
         """``group_size`` scored responses per prompt, generated now (a further sampling round)."""
         with self.timed("generate"):
             samples = self.generate(prompts, self.cfg.algorithm.group_size, self.cfg.rollout.temperature, stream)
+        self.generated += len(samples)
         with self.timed("verify"):
             self.score(samples)
         return samples
@@ -289,7 +293,7 @@ def regroup(groups: List[List[Sample]]) -> List[Sample]:
 
 
 def reinforce_ada_rollout(loop: RLLoop, step: int, prompts: Sequence, first: List[Sample]):
-    """Reinforce-Ada (balanced): every prompt not yet :func:`is_done` gets ``group_size`` more responses a
+    """Reinforce-Ada: every prompt not yet :func:`is_done` (``algorithm.exit_rule``) gets ``group_size`` more responses a
     round (seed stream ``step * 64 + round``), for at most ``max_sampling_rounds`` rounds in all; then
     each prompt's group is :func:`balanced_group` of what it collected.  Returns (samples, every collected
     reward per group, ``sampling/*`` metrics)."""
@@ -299,7 +303,8 @@ def reinforce_ada_rollout(loop: RLLoop, step: int, prompts: Sequence, first: Lis
         collected[s.group].append(s)
 
     def active() -> List[int]:
-        return [i for i, got in enumerate(collected) if not is_done([s.reward for s in got], a.group_size)]
+        return [i for i, got in enumerate(collected)
+                if not is_done([s.reward for s in got], a.group_size, a.exit_rule)]
 
     rounds, todo = 1, active()
     while todo and rounds < a.max_sampling_rounds:

@@ -1,4 +1,5 @@
-"""`rlvr report RUN_DIR [RUN_DIR ...]`: plot runs from their metrics.jsonl, overlaid.
+"""`rlvr report RUN_DIR [RUN_DIR ...]`: plot runs from their metrics.jsonl, overlaid
+(`rlvr report SWEEP_DIR`: redraw a sweep's comparison, :mod:`rlvr.tools.compare`).
 
 Design: the report reads only ``metrics.jsonl`` (written by
 :class:`rlvr.loop.metrics.MetricsLogger`), so it works on a finished, a running and
@@ -24,6 +25,7 @@ import sys
 from typing import Any, Dict, List, Sequence, Tuple
 
 from rlvr.loop.metrics import as_number, merge_steps, read_metrics
+from rlvr.tools.compare import is_sweep, write_comparison
 
 # name -> (title, y label, metric keys)
 PANELS: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
@@ -67,10 +69,13 @@ def collect(run_dir: str) -> Dict[str, Any]:
                 series[panel][key] = {"step": [s for s, _ in points], "value": [v for _, v in points]}
             else:
                 missing.setdefault(panel, []).append(key)
+    stale = [int(as_number(row["pipeline/staleness"])) for row in rows
+             if as_number(row.get("pipeline/staleness")) is not None]
+    histogram = {str(v): stale.count(v) for v in sorted(set(stale))}  # steps trained at each staleness
     table = {header: _reduce([v for v in (as_number(row.get(key)) for row in rows) if v is not None], how)
              for header, key, how in TABLE}
     return {"run_dir": os.path.abspath(run_dir), "num_steps": len(rows), "series": series, "missing": missing,
-            "table": table}
+            "staleness_histogram": histogram, "table": table}
 
 
 def _reduce(values: List[float], how: str) -> Any:
@@ -111,6 +116,23 @@ def _draw_panel(ax: Any, panel: str, runs: Dict[str, Dict[str, Any]]) -> None:
     ax.grid(alpha=0.3)
 
 
+def _draw_staleness(ax: Any, runs: Dict[str, Dict[str, Any]]) -> None:
+    """Steps per staleness (policy versions between generation and training), a bar group per run."""
+    width = 0.8 / max(len(runs), 1)
+    for i, run in enumerate(runs.values()):
+        hist = run["staleness_histogram"]
+        ax.bar([int(v) + (i - (len(runs) - 1) / 2) * width for v in hist], list(hist.values()), width=width,
+               color=f"C{i}")
+    if not any(run["staleness_histogram"] for run in runs.values()):
+        ax.text(0.5, 0.5, "no data:\npipeline/staleness", ha="center", va="center", transform=ax.transAxes,
+                fontsize=8, color="gray")
+    ax.set_title("staleness histogram", fontsize=10)
+    ax.set_xlabel("policy versions behind", fontsize=8)
+    ax.set_ylabel("steps", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3, axis="y")
+
+
 def plot(runs: Dict[str, Dict[str, Any]], png_path: str) -> None:
     """One PNG, a panel per :data:`PANELS` entry, every run overlaid."""
     import matplotlib
@@ -120,11 +142,12 @@ def plot(runs: Dict[str, Dict[str, Any]], png_path: str) -> None:
     from matplotlib.lines import Line2D
 
     cols = 3
-    rows = math.ceil(len(PANELS) / cols)
+    rows = math.ceil((len(PANELS) + 1) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, PANELS):
         _draw_panel(ax, panel, runs)
-    for ax in list(axes.flat)[len(PANELS):]:
+    _draw_staleness(axes.flat[len(PANELS)], runs)
+    for ax in list(axes.flat)[len(PANELS) + 1:]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=f"C{i}", linewidth=2) for i in range(len(runs))]
     fig.legend(handles, list(runs), loc="upper center", ncol=min(len(runs), 6), fontsize=9, frameon=False)
@@ -170,11 +193,16 @@ def build_report(run_dirs: Sequence[str], out_dir: str) -> Dict[str, str]:
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="rlvr report", description="Plot run directories, overlaid.")
+    p = argparse.ArgumentParser(prog="rlvr report", description="Plot run directories, overlaid; or a sweep's "
+                                "comparison (one SWEEP_DIR written by `rlvr sweep`).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default=None,
                    help="output directory (default: RUN_DIR for one run, else COMMON_PARENT/report)")
     args = p.parse_args(list(argv))
+    if len(args.run_dirs) == 1 and is_sweep(args.run_dirs[0]):  # `rlvr sweep`'s output: the comparison
+        for path in write_comparison(args.run_dirs[0]).values():
+            print(path)
+        return 0
     for run_dir in args.run_dirs:
         if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
             print(f"rlvr report: no metrics.jsonl in {run_dir}", file=sys.stderr)
