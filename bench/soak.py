@@ -1,39 +1,38 @@
 """Soak bench (issue 17, item 7): the reward pool under sustained hostile load, and a long run under faults.
 
-``pool``: the reward pool of a run -- ``verifier.num_actors`` ``RewardPool`` Ray actors built by
-``RewardGroup.create`` from ``configs/quickstart_cpu.yaml`` (2 sandboxed processes each, 5 s timeout),
-fed through ``RewardGroup.submit_samples`` exactly as the RL loop feeds it -- kept saturated for
-``--minutes``: ``--in-flight`` batches of ``--batch`` answers are queued per actor, and the next one
-is submitted the moment one returns.  The answers are the labelled MATH-500 / GSM8K cases of
-``bench/verifier_bench.py`` (shuffled once, cycled), with exactly ``--hostile`` of every batch
-drawn from the hostile corpus of ``tests/test_verifier_pool.py`` (``tests/data/hostile_answers.jsonl``
-x the math, gsm8k and arithmetic verifiers; expected reward 0).  Every ``--kill-every`` seconds a
-verifier process, picked at random, is SIGKILLed from outside (the corpus alone neither times out
-nor crashes a process).  Recorded per ``--interval``: answers/s, the batch round trip p50/p99
-(submit to result: every answer of a batch waits for all of it, queueing included, so this is the
-answer latency a caller sees), processes replaced (the pool's own counter), and the RSS and USS of
-the pool's processes (actor + fork server + resource tracker + verifier processes, psutil) every
-``--sample`` seconds.  Lost answers = submitted - returned (a timed-out or crashed answer returns
-with reward 0 and its reason: it is not lost); wrong rewards = a normally scored answer whose
-reward differs from its label.  Memory: RSS after ``--warmup`` seconds, at the middle and at the
-end, and the slope of a least-squares line through every sample after the warm-up (MiB/min).
+``pool``: the reward pool of a run -- ``verifier.num_actors`` ``RewardPool`` actors made by
+``RewardGroup.create`` from ``configs/quickstart_cpu.yaml`` (2 sandboxed processes each, 5 s timeout)
+and fed through ``RewardGroup.submit_samples``, as the RL loop feeds them -- kept saturated for
+``--minutes``: ``--in-flight`` calls of ``--batch`` answers stay queued per actor, the next one
+submitted the moment one returns.  The answers are the labelled MATH-500 / GSM8K cases of
+``bench/verifier_bench.py`` (shuffled once, then cycled); exactly ``--hostile`` of every batch comes
+from the hostile corpus of ``tests/test_verifier_pool.py`` (``tests/data/hostile_answers.jsonl`` x the
+math, gsm8k and arithmetic verifiers; expected reward 0).  ``--kill-every S`` also SIGKILLs a random
+verifier process from outside every S seconds (the corpus alone never times out or crashes one).
+Per ``--interval``: answers/s, the p50/p99 round trip of a call (submit to result, queueing
+included: every answer of a call waits for all of it, so this is the answer latency a caller sees),
+the pool's own counters (timeouts, crashes, processes replaced); every ``--sample`` seconds the RSS
+and USS of the pool's processes (actor + fork server + resource tracker + verifier processes, via
+psutil).  Lost = submitted - returned (a timed-out or crashed answer comes back with reward 0 and its
+reason: it is not lost); wrong = an answer scored normally whose reward differs from its label.
+Memory: RSS after ``--warmup`` s, at the middle and at the end, and the slope of a least-squares
+line through every sample after the warm-up (MiB/min).
 
-``run``: ``--steps`` steps of ``configs/quickstart_cpu.yaml`` (``checkpoint.every`` and
-``eval.every`` from the flags) through ``build_run`` + ``train_steps``, with three faults at
-distinct steps drawn with ``--seed``: SIGKILL of a rollout engine actor, of one verifier process of
-the reward pool, and of a trainer rank's actor process.  The victim's pid is read at the start of
-its step (actors idle) and the kill lands a random time into the step (uniform over the previous
-step's duration).  Recorded: whether the run finished with one metrics row per step, the faults,
-the run's own recovery fields (``recovery/count``, ``recovery/steps_redone``,
-``recovery/seconds_lost``), engine restarts, verifier processes replaced, answers scored 0 for a
-fault (``verifier/failures``), the largest ``rollout/logprob_mismatch`` (a restarted engine must
-serve the synced weights), held-out accuracy at every evaluation, and the wall time.
-``--no-faults`` runs the same without kills (the baseline).
+``run``: ``--steps`` steps of ``configs/quickstart_cpu.yaml`` through ``build_run`` + ``train_steps``
+(``checkpoint.every``/``eval.every`` from the flags), with three faults at distinct steps drawn with
+``--seed``: SIGKILL of a rollout engine actor, of one verifier process of the reward pool, and of a
+trainer rank's actor process.  The victim's pid is read as its step starts (the actors are idle
+between steps) and the kill lands a random time into the step (uniform over the previous step's
+duration).  Recorded: whether the run finished with one metrics row per step; the run's own recovery
+fields (``recovery/count``, ``recovery/steps_redone``, ``recovery/seconds_lost``); engine restarts;
+verifier processes replaced; answers scored 0 because of a fault (``verifier/failures``); the
+largest ``rollout/logprob_mismatch`` (a restarted engine must serve the synced weights); held-out
+accuracy at every evaluation; wall time.  ``--no-faults``: the same run without kills.
 
-Each mode prints a Markdown summary and writes ``--json``.  Both start their own local Ray
-(``rlvr.loop.placement.start_ray``; leave ``RAY_ADDRESS`` unset).
+Each mode prints Markdown and writes ``--json``; both start their own local Ray (``start_ray``:
+leave ``RAY_ADDRESS`` unset).  Extra ``key=value`` arguments override the config.
 
-    python bench/soak.py pool --minutes 10 [--batch 512] [--in-flight 2] [--kill-every 60] [--json PATH]
+    python bench/soak.py pool --minutes 10 [--kill-every 60] [--batch 512] [--in-flight 2] [--json PATH]
     python bench/soak.py run --steps 200 [--seed 0] [--checkpoint-every 10] [--eval-every 50] [--json PATH]
 """
 
@@ -72,16 +71,20 @@ def _pctl(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _slope(points: Sequence[tuple[float, float]]) -> float:
-    """Least-squares slope of (x, y) points."""
-    if len(points) < 2:
-        return float("nan")
-    mx, my = statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else float("nan")
+def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope."""
+    return statistics.linear_regression(xs, ys).slope if len(set(xs)) > 1 else float("nan")
 
 
-# --------------------------------------------------------------------------- pool: load
+def _sum_metrics(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in dicts:
+        for k, v in m.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+# --------------------------------------------------------------------------- pool: load and processes
 def load_cases(seed: int, canary: Path) -> tuple[list[Case], list[Case]]:
     """(real, hostile): the verifier bench's labelled cases, shuffled; the corpus x three verifiers."""
     from bench.verifier_bench import build_cases
@@ -98,25 +101,29 @@ class Load:
     """Batches of ``size`` answers, ``round(size * hostile_frac)`` of them hostile, in random order."""
 
     def __init__(self, real: list[Case], hostile: list[Case], size: int, hostile_frac: float, seed: int):
-        self.real, self.hostile, self.size, self.rng, self.cursor = real, hostile, size, random.Random(seed), 0
+        self.real, self.hostile, self.size, self.cursor = real, hostile, size, 0
+        self.rng = random.Random(seed)
         self.n_hostile = round(size * hostile_frac)
 
     def next(self) -> tuple[list, list, list[float]]:
         from rlvr.rollout.sample import Sample
 
-        picks = [self.real[(self.cursor + i) % len(self.real)] for i in range(self.size - self.n_hostile)]
-        self.cursor += self.size - self.n_hostile
+        n_real = self.size - self.n_hostile
+        picks = [self.real[(self.cursor + i) % len(self.real)] for i in range(n_real)]
         picks += [self.rng.choice(self.hostile) for _ in range(self.n_hostile)]
+        self.cursor += n_real
         self.rng.shuffle(picks)
         samples = [Sample(prompt_ids=[], response_ids=[], rollout_logprob=[], text=r) for _, r, _, _ in picks]
         return samples, [(v, g) for v, _, g, _ in picks], [e for _, _, _, e in picks]
 
 
 def pool_memory(actor_pids: Sequence[int]) -> dict[str, float]:
-    """MiB of every process of the pool: the actors, their fork server / resource tracker, the verifiers."""
+    """MiB of the pool's processes: the actors, their fork server and resource tracker (children),
+    the verifier processes (grandchildren: the fork server's children)."""
     import psutil
 
-    mib = {"actor_rss": 0.0, "helpers_rss": 0.0, "verifiers_rss": 0.0, "uss": 0.0}
+    keys = ("actor_rss", "helpers_rss", "verifiers_rss", "uss", "actor_cpu", "verifiers_cpu")
+    mib = dict.fromkeys(keys, 0.0)
     for pid in actor_pids:
         try:
             root = psutil.Process(pid)
@@ -125,46 +132,34 @@ def pool_memory(actor_pids: Sequence[int]) -> dict[str, float]:
             continue
         for p in procs:
             try:
-                info, parent = p.memory_full_info(), p.ppid()
+                info, parent, cpu = p.memory_full_info(), p.ppid(), p.cpu_times()
             except psutil.NoSuchProcess:
                 continue
-            role = "actor_rss" if p.pid == pid else "helpers_rss" if parent == pid else "verifiers_rss"
-            mib[role] += info.rss / 2**20
+            role = "actor" if p.pid == pid else "helpers" if parent == pid else "verifiers"
+            mib[f"{role}_rss"] += info.rss / 2**20
             mib["uss"] += info.uss / 2**20
+            if role != "helpers":  # CPU seconds so far (a replaced process takes its own with it)
+                mib[f"{role}_cpu"] += cpu.user + cpu.system
+    me = psutil.Process()  # this bench's driver, for reference
     mib["rss"] = mib["actor_rss"] + mib["helpers_rss"] + mib["verifiers_rss"]
+    mib["driver_rss"], mib["driver_cpu"] = me.memory_info().rss / 2**20, sum(me.cpu_times()[:2])
     return mib
 
 
-def kill_a_verifier(actor_pids: Sequence[int], rng: random.Random) -> int:
-    """SIGKILL one verifier process (a grandchild of an actor: its parent is the fork server)."""
+def kill_a_verifier(actor_pids: Sequence[int], rng: random.Random) -> bool:
+    """SIGKILL one verifier process, picked at random."""
     import psutil
 
-    victims = [c.pid for pid in actor_pids for c in psutil.Process(pid).children(recursive=True)
-               if c.ppid() != pid]
-    if not victims:
-        return 0
-    pid = rng.choice(sorted(victims))
-    os.kill(pid, signal.SIGKILL)
-    return pid
+    victims = sorted(c.pid for pid in actor_pids for c in psutil.Process(pid).children(recursive=True)
+                     if c.ppid() != pid)
+    if victims:
+        os.kill(rng.choice(victims), signal.SIGKILL)
+    return bool(victims)
 
 
 # --------------------------------------------------------------------------- pool: the soak
-def _sum_metrics(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for m in dicts:
-        for k, v in m.items():
-            out[k] = out.get(k, 0.0) + v
-    return out
-
-
-def _rss_self() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
 class PoolSoak:
-    """Drives the reward group for ``--minutes``; every returned batch and every sample is tallied."""
+    """Keeps the reward group saturated for ``--minutes``; tallies every returned call and sample."""
 
     def __init__(self, group: Any, load: Load, args: argparse.Namespace):
         import ray
@@ -172,14 +167,14 @@ class PoolSoak:
         self.group, self.load, self.args = group, load, args
         self.actor_pids = ray.get([a.__ray_call__.remote(_pid) for a in group.actors])
         self.rng = random.Random(args.seed + 1)
-        self.tally = {"submitted": 0, "returned": 0, "lost": 0, "wrong": 0, "hostile": 0, "kills": 0}
+        self.tally = dict.fromkeys(("submitted", "returned", "lost", "wrong", "hostile", "kills"), 0)
         self.reasons: dict[str, int] = {}
         self.samples: list[dict[str, float]] = []
         self.intervals: list[dict[str, float]] = []
         self.round_trips: list[float] = []  # of the current interval
         self.all_round_trips: list[float] = []
-        self.in_flight: dict[Any, tuple] = {}  # batch ref -> (submit time, expected rewards)
-        self.pending: dict[Any, dict[str, float]] = {}  # metrics refs -> the interval row they complete
+        self.in_flight: dict[Any, tuple] = {}  # call ref -> (submit time, expected rewards)
+        self.pending: dict[Any, dict[str, float]] = {}  # metrics ref -> the interval row it completes
 
     def _submit(self) -> None:
         samples, labels, expected = self.load.next()
@@ -191,8 +186,8 @@ class PoolSoak:
         submitted, expected = self.in_flight.pop(ref)
         try:
             rewards, reasons = self.group.wait(ref)
-        except Exception as exc:  # noqa: BLE001 -- a dead actor loses its batch: count it, go on
-            print(f"batch lost: {type(exc).__name__}: {exc}", flush=True)
+        except Exception as exc:  # noqa: BLE001 -- a dead actor loses its call: count it, go on
+            print(f"call lost: {type(exc).__name__}: {exc}", flush=True)
             self.tally["lost"] += len(expected)
             return
         self.round_trips.append(time.monotonic() - submitted)
@@ -206,16 +201,14 @@ class PoolSoak:
                 self.tally["wrong"] += 1
 
     def _interval(self, t: float, returned: int, dt: float) -> None:
-        """One row; the pool's counters are asked now and filled in when they come back (they queue
-        behind the in-flight batches, so the driver never waits for them)."""
-        mem = self.samples[-1]
+        """One row.  The pool's counters are asked now and filled in when they come back: they queue
+        behind the calls in flight, and the driver must not wait for them."""
         row = {"t_min": t / 60, "answers_per_s": returned / dt, "rt_p50_s": _pctl(self.round_trips, 0.5),
                "rt_p99_s": _pctl(self.round_trips, 0.99), "kills": self.tally["kills"],
                "crashed": self.reasons.get("crashed", 0), "timeouts": self.reasons.get("timeout", 0),
-               "rss_mib": mem["rss"], "uss_mib": mem["uss"], "replaced": 0.0}
+               "rss_mib": self.samples[-1]["rss"], "uss_mib": self.samples[-1]["uss"], "replaced": 0.0}
         self.intervals.append(row)
-        for ref in [a.metrics.remote() for a in self.group.actors]:
-            self.pending[ref] = row
+        self.pending.update({ref: row for ref in [a.metrics.remote() for a in self.group.actors]})
         self.all_round_trips += self.round_trips
         self.round_trips = []
         print(f"  {row['t_min']:.1f} min: {row['answers_per_s']:,.0f} answers/s, round trip p99 "
@@ -224,13 +217,12 @@ class PoolSoak:
     def _counters_back(self, ref: Any) -> None:
         import ray
 
-        self.pending.pop(ref)["replaced"] += ray.get(ref)["processes_replaced"]  # summed over the actors
+        self.pending.pop(ref)["replaced"] += ray.get(ref)["processes_replaced"]  # summed over actors
 
     def run(self) -> None:
         import ray
 
-        a, depth = self.args, self.args.in_flight * len(self.group.actors)
-        t0 = time.monotonic()
+        a, depth, t0 = self.args, self.args.in_flight * len(self.group.actors), time.monotonic()
         end, next_sample, next_row = t0 + 60 * a.minutes, t0, t0 + a.interval
         next_kill = t0 + a.kill_every if a.kill_every else float("inf")
         row_returned, row_start = 0, t0
@@ -239,19 +231,19 @@ class PoolSoak:
             while now < end and len(self.in_flight) < depth:
                 self._submit()
             if next_kill <= now < end:
-                self.tally["kills"] += bool(kill_a_verifier(self.actor_pids, self.rng))
+                self.tally["kills"] += kill_a_verifier(self.actor_pids, self.rng)
                 next_kill += a.kill_every
-            if now >= next_sample or (now >= end and not self.in_flight):
-                self.samples.append({"t_s": now - t0, **pool_memory(self.actor_pids), "driver_rss": _rss_self()})
+            last = now >= end and not self.in_flight
+            if now >= next_sample or last:
+                self.samples.append({"t_s": now - t0, **pool_memory(self.actor_pids)})
                 next_sample += a.sample
-            if now >= next_row or (now >= end and not self.in_flight):
+            if now >= next_row or last:
                 self._interval(now - t0, self.tally["returned"] - row_returned, now - row_start)
                 row_returned, row_start, next_row = self.tally["returned"], now, next_row + a.interval
-            if now >= end and not self.in_flight:
+            if last:
                 break
             wake = min(next_sample, next_row, next_kill, end if now < end else float("inf"))
-            ready, _ = ray.wait(list(self.in_flight) + list(self.pending), num_returns=1,
-                                timeout=max(0.0, wake - now))
+            ready, _ = ray.wait([*self.in_flight, *self.pending], num_returns=1, timeout=max(0.0, wake - now))
             for ref in ready:
                 self._returned(ref) if ref in self.in_flight else self._counters_back(ref)
         self.seconds = time.monotonic() - t0
@@ -263,9 +255,12 @@ class PoolSoak:
 def memory_summary(samples: list[dict[str, float]], warmup_s: float) -> dict[str, float]:
     body = [s for s in samples if s["t_s"] >= warmup_s] or samples
     out = {"rss_start": body[0]["rss"], "rss_mid": body[len(body) // 2]["rss"], "rss_end": body[-1]["rss"],
-           "uss_start": body[0]["uss"], "uss_end": body[-1]["uss"], "samples": len(body)}
+           "uss_start": body[0]["uss"], "uss_end": body[-1]["uss"], "samples_fitted": len(body)}
     for key in ("rss", "uss", "actor_rss", "helpers_rss", "verifiers_rss", "driver_rss"):
-        out[f"{key}_slope_mib_per_min"] = _slope([(s["t_s"] / 60, s[key]) for s in body])
+        out[f"{key}_slope"] = _slope([s["t_s"] / 60 for s in body], [s[key] for s in body])  # MiB/min
+    dt = max(body[-1]["t_s"] - body[0]["t_s"], 1e-9)
+    for role in ("actor", "verifiers", "driver"):  # cores busy, on average, after the warm-up
+        out[f"{role}_cores"] = (body[-1][f"{role}_cpu"] - body[0][f"{role}_cpu"]) / dt
     return out
 
 
@@ -279,24 +274,23 @@ def soak_pool(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config([CONFIG], args.overrides)
     canary = Path(tempfile.mkdtemp(prefix="rlvr-soak-")) / "canary"
     real, hostile = load_cases(args.seed, canary)
-    load = Load(real, hostile, args.batch, args.hostile, args.seed)
-    load_before = os.getloadavg()
+    load, load_before = Load(real, hostile, args.batch, args.hostile, args.seed), os.getloadavg()
     start_ray(cfg)
     try:
         group = RewardGroup.create(RewardPool, cfg)
         ray.get([a.score.remote([("math", r"\boxed{1}", "1")] * 4) for a in group.actors])  # processes up
         soak = PoolSoak(group, load, args)
         print(f"{len(real)} real cases, {len(hostile)} hostile requests; {len(group.actors)} actor(s) x "
-              f"{cfg.verifier.num_workers} processes, timeout {cfg.verifier.timeout_s} s; batch {args.batch}, "
-              f"{load.n_hostile} hostile each, {args.in_flight} in flight per actor; load avg {load_before[0]:.2f}")
+              f"{cfg.verifier.num_workers} processes, timeout {cfg.verifier.timeout_s:g} s; {args.batch} "
+              f"answers a call ({load.n_hostile} hostile), {args.in_flight} in flight per actor", flush=True)
         soak.run()
     finally:
         ray.shutdown()
     t = soak.tally
     result = {"mode": "pool", "args": vars(args), "verifier": dataclasses.asdict(cfg.verifier),
               "seconds": soak.seconds, **t, "reasons": soak.reasons, "pool_counters": soak.counters,
-              "answers_per_s": t["returned"] / soak.seconds, "rt_p50_s": _pctl(soak.all_round_trips, 0.5),
-              "rt_p99_s": _pctl(soak.all_round_trips, 0.99), "batches": len(soak.all_round_trips),
+              "answers_per_s": t["returned"] / soak.seconds, "calls": len(soak.all_round_trips),
+              "rt_p50_s": _pctl(soak.all_round_trips, 0.5), "rt_p99_s": _pctl(soak.all_round_trips, 0.99),
               "canary_written": canary.exists(), "memory": memory_summary(soak.samples, args.warmup),
               "intervals": soak.intervals, "samples": soak.samples,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
@@ -306,41 +300,50 @@ def soak_pool(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_pool(r: dict[str, Any]) -> None:
     m, c = r["memory"], r["pool_counters"]
-    print("\n| t min | answers/s | round trip p50 s | p99 s | timeouts | crashed | kills | replaced | RSS MiB "
-          "| USS MiB |\n|---|---|---|---|---|---|---|---|---|---|")
-    for row in r["intervals"]:
-        print(f"| {row['t_min']:.1f} | {row['answers_per_s']:,.0f} | {row['rt_p50_s']:.3f} | {row['rt_p99_s']:.3f} "
-              f"| {row['timeouts']} | {row['crashed']} | {row['kills']} | {row['replaced']:.0f} "
-              f"| {row['rss_mib']:.0f} | {row['uss_mib']:.0f} |")
-    print(f"\n{r['seconds'] / 60:.1f} min; load avg {r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after")
-    print("| answers | hostile | lost | wrong rewards | timeouts | crashed | errors | kills | processes replaced "
-          "| answers/s | round trip p50 / p99 s | RSS MiB start / mid / end | RSS slope MiB/min | USS slope MiB/min |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| t min | answers/s | round trip p50 s | p99 s | timeouts | crashed | kills | replaced "
+          "| RSS MiB | USS MiB |\n|---|---|---|---|---|---|---|---|---|---|")
+    for row in r["intervals"]:  # timeouts .. replaced: totals so far
+        print(f"| {row['t_min']:.1f} | {row['answers_per_s']:,.0f} | {row['rt_p50_s']:.3f} "
+              f"| {row['rt_p99_s']:.3f} | {row['timeouts']} | {row['crashed']} | {row['kills']} "
+              f"| {row['replaced']:.0f} | {row['rss_mib']:.0f} | {row['uss_mib']:.0f} |")
+    print(f"\n{r['seconds'] / 60:.1f} min; load avg {r['loadavg_before'][0]:.2f} before, "
+          f"{r['loadavg_after'][0]:.2f} after; canary written: {r['canary_written']}")
+    print("| answers returned | hostile | lost | wrong rewards | timeouts | crashed | errors | kills "
+          "| processes replaced |\n|---|---|---|---|---|---|---|---|---|")
     print(f"| {r['returned']:,} of {r['submitted']:,} | {r['hostile']:,} | {r['lost']} | {r['wrong']} "
-          f"| {c.get('timeouts', 0):.0f} | {c.get('crashes', 0):.0f} | {c.get('errors', 0):.0f} | {r['kills']} "
-          f"| {c.get('processes_replaced', 0):.0f} | {r['answers_per_s']:,.0f} | {r['rt_p50_s']:.3f} / {r['rt_p99_s']:.3f} "
-          f"| {m['rss_start']:.0f} / {m['rss_mid']:.0f} / {m['rss_end']:.0f} | {m['rss_slope_mib_per_min']:+.2f} "
-          f"| {m['uss_slope_mib_per_min']:+.2f} |")
-    print(f"slopes MiB/min: actor {m['actor_rss_slope_mib_per_min']:+.2f}, fork server + tracker "
-          f"{m['helpers_rss_slope_mib_per_min']:+.2f}, verifier processes {m['verifiers_rss_slope_mib_per_min']:+.2f}, "
-          f"bench driver {m['driver_rss_slope_mib_per_min']:+.2f}; canary written: {r['canary_written']}")
+          f"| {c.get('timeouts', 0):.0f} | {c.get('crashes', 0):.0f} | {c.get('errors', 0):.0f} "
+          f"| {r['kills']} | {c.get('processes_replaced', 0):.0f} |")
+    print("\n| answers/s | round trip p50 / p99 s | RSS MiB start / mid / end | RSS slope MiB/min "
+          "| USS slope MiB/min |\n|---|---|---|---|---|")
+    print(f"| {r['answers_per_s']:,.0f} | {r['rt_p50_s']:.3f} / {r['rt_p99_s']:.3f} | {m['rss_start']:.0f} / "
+          f"{m['rss_mid']:.0f} / {m['rss_end']:.0f} | {m['rss_slope']:+.2f} | {m['uss_slope']:+.2f} |")
+    print(f"RSS slopes MiB/min: actor {m['actor_rss_slope']:+.2f}, fork server + tracker "
+          f"{m['helpers_rss_slope']:+.2f}, verifier processes {m['verifiers_rss_slope']:+.2f}, "
+          f"(bench driver {m['driver_rss_slope']:+.2f}); cores busy after the warm-up: actor "
+          f"{m['actor_cores']:.2f}, verifier processes {m['verifiers_cores']:.2f}, "
+          f"driver {m['driver_cores']:.2f}")
 
 
 # --------------------------------------------------------------------------- run: faults at random steps
-FAULTS = ("rollout", "verifier", "trainer")
-
-
 def fault_plan(seed: int, steps: int, first: int = 2) -> dict[int, str]:
-    """Step (1-based, as in metrics.jsonl) -> the fault that lands during it; distinct steps."""
+    """Step (1-based, as in metrics.jsonl) -> the fault that lands in it; three distinct steps."""
     rng = random.Random(seed)
-    kinds = list(FAULTS)
+    kinds = ["rollout", "verifier", "trainer"]
     rng.shuffle(kinds)
     return dict(zip(sorted(rng.sample(range(first, steps + 1), len(kinds))), kinds))
 
 
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "?"
+
+
 class Faults:
-    """Wraps ``RLLoop.step``: at the start of a planned step, reads the victim's pid (the actors are
-    idle between steps) and SIGKILLs it a random time into the step."""
+    """Wraps ``RLLoop.step``: as a planned step starts, reads its victim's pid (the actors are idle
+    between steps) and SIGKILLs it a random time into the step."""
 
     def __init__(self, r: Any, plan: dict[int, str], seed: int):
         self.r, self.plan, self.rng = r, dict(plan), random.Random(seed + 1)
@@ -351,31 +354,37 @@ class Faults:
         import ray
 
         pools = self.r.loop.pools
-        if kind == "rollout":
-            w = self.rng.randrange(len(pools.rollouts.actors))
-            return ray.get(pools.rollouts.actors[w].__ray_call__.remote(_pid), timeout=300), f"engine {w}"
-        if kind == "trainer":
-            rank = self.rng.randrange(len(pools.trainers.actors))
-            return ray.get(pools.trainers.actors[rank].__ray_call__.remote(_pid), timeout=300), f"rank {rank}"
-        a = self.rng.randrange(len(pools.reward.actors))
-        pids = ray.get(pools.reward.actors[a].pids.remote(), timeout=300)
-        return self.rng.choice(pids), f"actor {a}'s process"
+        if kind in ("rollout", "trainer"):
+            actors = pools.rollouts.actors if kind == "rollout" else pools.trainers.actors
+            i = self.rng.randrange(len(actors))
+            name = f"engine {i}" if kind == "rollout" else f"rank {i}"
+            return ray.get(actors[i].__ray_call__.remote(_pid), timeout=300), name
+        i = self.rng.randrange(len(pools.reward.actors))
+        pids = ray.get(pools.reward.actors[i].pids.remote(), timeout=300)
+        return self.rng.choice(pids), f"actor {i}'s process"
+
+    def _fire(self, kind: str, step: int) -> None:
+        pid, victim = self._victim(kind)
+        fault = {"kind": kind, "step": step, "victim": victim, "pid": pid,
+                 "delay_s": self.rng.uniform(0.0, self.last_step_s)}
+        self.fired.append(fault)
+
+        def kill() -> None:
+            fault["state"] = _proc_state(pid)  # R: running (mid-work), S: sleeping (waiting for a call)
+            os.kill(pid, signal.SIGKILL)
+            fault["at_s"] = time.monotonic() - self.t0
+            print(f"[soak] killed {kind} {victim} (pid {pid}, state {fault['state']}) "
+                  f"{fault['delay_s']:.2f}s into step {step}", flush=True)
+
+        timer = threading.Timer(fault["delay_s"], kill)
+        timer.daemon = True
+        timer.start()
 
     def wrap(self, step_fn: Any) -> Any:
         def step(step: int, *args: Any, **kwargs: Any) -> Any:
-            kind = self.plan.pop(step + 1, None)  # once: a recovery trains the step again without a kill
+            kind = self.plan.pop(step + 1, None)  # once: a recovery trains the step again, unharmed
             if kind:
-                pid, which = self._victim(kind)
-                delay = self.rng.uniform(0.0, self.last_step_s)
-                fault = {"kind": kind, "step": step + 1, "victim": which, "pid": pid, "delay_s": delay}
-                self.fired.append(fault)
-
-                def kill():
-                    os.kill(pid, signal.SIGKILL)
-                    fault["at_s"] = time.monotonic() - self.t0
-                    print(f"[soak] killed {kind} ({which}, pid {pid}) {delay:.2f}s into step {step + 1}", flush=True)
-
-                threading.Timer(delay, kill).start()
+                self._fire(kind, step + 1)
             start = time.monotonic()
             out = step_fn(step, *args, **kwargs)
             self.last_step_s = time.monotonic() - start
@@ -392,14 +401,14 @@ def soak_run(args: argparse.Namespace) -> dict[str, Any]:
     from workers import ACTORS
 
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="rlvr-soak-run-")
-    cfg = load_config([CONFIG], [f"logging.run_dir={run_dir}", f"schedule.total_steps={args.steps}",
-                                 f"checkpoint.every={args.checkpoint_every}", f"eval.every={args.eval_every}",
-                                 "logging.progress=false", "logging.tensorboard=false", f"seed={args.seed}",
-                                 f"data.seed={args.seed}", *args.overrides])
+    cfg = load_config([CONFIG], [
+        f"logging.run_dir={run_dir}", f"schedule.total_steps={args.steps}", f"eval.every={args.eval_every}",
+        f"checkpoint.every={args.checkpoint_every}", "logging.progress=false", "logging.tensorboard=false",
+        f"seed={args.seed}", f"data.seed={args.seed}", *args.overrides])
     plan = {} if args.no_faults else fault_plan(args.seed, args.steps)
-    print(f"run dir {run_dir}; faults at {plan or 'none'}; load avg {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"run dir {run_dir}; faults at steps {plan or 'none'}", flush=True)
     load_before, t0 = os.getloadavg(), time.monotonic()
-    finished, error, counters = False, "", {}
+    finished, error, counters, faults = False, "", {}, None
     try:
         r = build_run(cfg, ACTORS)
         faults = Faults(r, plan, args.seed)
@@ -416,18 +425,18 @@ def soak_run(args: argparse.Namespace) -> dict[str, Any]:
         ray.shutdown()
     wall = time.monotonic() - t0
     rows = merge_steps(read_metrics(os.path.join(run_dir, "metrics.jsonl")))
-    steps = [row["step"] for row in rows]
 
-    def total(key):
+    def total(key: str) -> float:
         return sum(row.get(key, 0.0) for row in rows)
 
     result = {"mode": "run", "args": vars(args), "run_dir": run_dir, "finished": finished, "error": error,
-              "one_row_per_step": steps == list(range(args.steps + 1)), "last_step": max(steps, default=0),
-              "plan": {str(k): v for k, v in plan.items()}, "faults": faults.fired if "faults" in locals() else [],
-              "recoveries": total("recovery/count") and max(row.get("recovery/count", 0.0) for row in rows),
+              "one_row_per_step": [row["step"] for row in rows] == list(range(args.steps + 1)),
+              "last_step": max((row["step"] for row in rows), default=0),
+              "faults": faults.fired if faults else [],
+              "recoveries": max((row.get("recovery/count", 0.0) for row in rows), default=0.0),
               "steps_redone": total("recovery/steps_redone"), "seconds_lost": total("recovery/seconds_lost"),
               "verifier_failures": total("verifier/failures"), "counters": counters,
-              "max_logprob_mismatch": max((row.get("rollout/logprob_mismatch", 0.0) for row in rows), default=0.0),
+              "max_logprob_mismatch": max(row.get("rollout/logprob_mismatch", 0.0) for row in [{}, *rows]),
               "eval": {row["step"]: row["eval/accuracy"] for row in rows if "eval/accuracy" in row},
               "train_time_s": total("time/step"), "wall_s": wall,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
@@ -436,20 +445,20 @@ def soak_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_run(r: dict[str, Any]) -> None:
-    evals = r["eval"]
-    faults = ", ".join(f"{f['kind']} ({f['victim']}) at step {f['step']} +{f['delay_s']:.2f}s" for f in r["faults"])
-    c = r["counters"]
+    evals, c, nan = r["eval"], r["counters"], float("nan")
+    faults = "; ".join(f"{f['kind']} {f['victim']} {f['delay_s']:.2f}s into step {f['step']} "
+                       f"(state {f.get('state', '?')})" for f in r["faults"])
     print(f"\nfaults: {faults or 'none'}; load avg {r['loadavg_before'][0]:.2f} before, "
           f"{r['loadavg_after'][0]:.2f} after; run dir {r['run_dir']}")
-    print("| finished | rows | recoveries | steps redone | s lost | engine restarts | verifier processes replaced "
-          "| answers scored 0 by a fault | max logprob mismatch | held-out before | after | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    before = evals.get(0, float("nan"))
-    after = evals[max(evals)] if evals else float("nan")
-    print(f"| {'yes' if r['finished'] else 'NO'} | {r['last_step']} steps, one each: {r['one_row_per_step']} "
-          f"| {r['recoveries']:.0f} | {r['steps_redone']:.0f} | {r['seconds_lost']:.1f} | {c.get('engine_restarts', '-')} "
-          f"| {c.get('processes_replaced', float('nan')):.0f} | {r['verifier_failures']:.0f} "
-          f"| {r['max_logprob_mismatch']:.2e} | {100 * before:.1f}% | {100 * after:.1f}% | {r['wall_s']:.0f} |")
+    print("| finished | one row per step | recoveries | steps redone | s lost | engine restarts "
+          "| verifier processes replaced | answers scored 0 by a fault | max logprob mismatch "
+          "| held-out before | after | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    after = evals[max(evals)] if evals else nan
+    print(f"| {'yes' if r['finished'] else 'NO'} | {r['one_row_per_step']} ({r['last_step']} steps) "
+          f"| {r['recoveries']:.0f} | {r['steps_redone']:.0f} | {r['seconds_lost']:.1f} "
+          f"| {c.get('engine_restarts', '-')} | {c.get('processes_replaced', nan):.0f} "
+          f"| {r['verifier_failures']:.0f} | {r['max_logprob_mismatch']:.1e} "
+          f"| {100 * evals.get(0, nan):.1f}% | {100 * after:.1f}% | {r['wall_s']:.0f} |")
     print("held-out accuracy by step: " + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in sorted(evals.items())))
     if r["error"]:
         print(f"error: {r['error']}")
@@ -463,12 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pool.add_argument("--minutes", type=float, default=10.0)
     pool.add_argument("--batch", type=int, default=512, help="answers per call")
     pool.add_argument("--in-flight", type=int, default=2, help="calls queued per reward actor")
-    pool.add_argument("--hostile", type=float, default=0.05, help="fraction of every batch from the corpus")
-    pool.add_argument("--kill-every", type=float, default=0.0, help="SIGKILL a verifier process every S s (0: never)")
+    pool.add_argument("--hostile", type=float, default=0.05, help="fraction of every call from the corpus")
+    pool.add_argument("--kill-every", type=float, default=0.0, help="SIGKILL a verifier process every S s")
     pool.add_argument("--interval", type=float, default=60.0, help="seconds per table row")
     pool.add_argument("--sample", type=float, default=10.0, help="seconds between memory samples")
-    pool.add_argument("--warmup", type=float, default=30.0, help="seconds left out of the memory fit")
-    run = sub.add_parser("run", help="a quickstart run with a killed engine, verifier process and trainer rank")
+    pool.add_argument("--warmup", type=float, default=60.0, help="seconds left out of the memory fit")
+    run = sub.add_parser("run", help="a quickstart run with three processes killed")
     run.add_argument("--steps", type=int, default=200)
     run.add_argument("--checkpoint-every", type=int, default=10)
     run.add_argument("--eval-every", type=int, default=50)
@@ -477,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sp in (pool, run):
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--json", default="", help="write the result here")
-        sp.add_argument("overrides", nargs="*", help="key=value config overrides (configs/quickstart_cpu.yaml)")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides of configs/quickstart_cpu.yaml")
     args = p.parse_args(argv)
     result = soak_pool(args) if args.mode == "pool" else soak_run(args)
     if args.json:
@@ -485,8 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=str)
         print(f"wrote {args.json}")
-    ok = result["lost"] == 0 if args.mode == "pool" else result["finished"]
-    return 0 if ok else 1
+    return 0 if (result["lost"] == 0 if args.mode == "pool" else result["finished"]) else 1
 
 
 if __name__ == "__main__":

@@ -200,6 +200,9 @@ def test_resume_auto_skips_a_corrupt_newest_checkpoint_naming_it(tmp_path, caplo
     (bad / "driver.json").write_text("{torn")
     assert checkpoint.latest(str(run_dir)) == str(good)
     assert f"skipping a corrupt checkpoint: {bad}/driver.json" in caplog.text
+    caplog.clear()
+    assert checkpoint.latest(str(run_dir)) == str(good)  # looked up again (run dir check, then build): said once
+    assert "corrupt" not in caplog.text
 
 
 def test_resume_auto_refuses_another_model_naming_both(tmp_path, started, capsys):

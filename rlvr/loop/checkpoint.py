@@ -64,6 +64,9 @@ def list_checkpoints(root: str) -> List[str]:
     return [os.path.join(root, name) for _, name in sorted(found)]
 
 
+_WARNED: set = set()  # corrupt checkpoints already named in a warning by this process
+
+
 def latest(run_dir: str) -> Optional[str]:
     """The newest complete checkpoint of ``run_dir`` (a readable driver.json), or None; a newer one
     that is unreadable (a torn or corrupt file) is skipped with a warning naming it."""
@@ -73,7 +76,9 @@ def latest(run_dir: str) -> Optional[str]:
         try:
             read_driver_state(path)
         except CheckpointError as exc:
-            _log.warning("[rlvr] skipping a corrupt checkpoint: %s", exc)
+            if path not in _WARNED:  # the run dir check and the build both look: say it once
+                _WARNED.add(path)
+                _log.warning("[rlvr] skipping a corrupt checkpoint: %s", exc)
             continue
         return path
     return None
