@@ -27,13 +27,14 @@ duration).  Recorded: whether the run finished with one metrics row per step; th
 fields (``recovery/count``, ``recovery/steps_redone``, ``recovery/seconds_lost``); engine restarts;
 verifier processes replaced; answers scored 0 because of a fault (``verifier/failures``); the
 largest ``rollout/logprob_mismatch`` (a restarted engine must serve the synced weights); held-out
-accuracy at every evaluation; wall time.  ``--no-faults``: the same run without kills.
+accuracy at every evaluation; wall time.  ``--no-faults``: the same run without kills; ``--baseline``:
+that too, after the faulted run, and whether the two end with bit-identical parameters and metrics.
 
 Each mode prints Markdown and writes ``--json``; both start their own local Ray (``start_ray``:
 leave ``RAY_ADDRESS`` unset).  Extra ``key=value`` arguments override the config.
 
     python bench/soak.py pool --minutes 10 [--kill-every 60] [--batch 512] [--in-flight 2] [--json PATH]
-    python bench/soak.py run --steps 200 [--seed 0] [--checkpoint-every 10] [--eval-every 50] [--json PATH]
+    python bench/soak.py run --steps 200 --baseline [--seed 0] [--checkpoint-every 10] [--eval-every 50]
 """
 
 from __future__ import annotations
@@ -64,6 +65,15 @@ Case = tuple[str, str, str, float]  # (verifier, response, gold answer, expected
 
 def _pid(actor_self: Any) -> int:
     return os.getpid()
+
+
+def _proc_state(pid: int) -> str:
+    """R (running or runnable), S (asleep), ... from /proc; "?" when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "?"
 
 
 def _pctl(values: Sequence[float], q: float) -> float:
@@ -146,15 +156,41 @@ def pool_memory(actor_pids: Sequence[int]) -> dict[str, float]:
     return mib
 
 
-def kill_a_verifier(actor_pids: Sequence[int], rng: random.Random) -> bool:
-    """SIGKILL one verifier process, picked at random."""
+def verifier_pids(actor_pids: Sequence[int]) -> list[int]:
     import psutil
 
-    victims = sorted(c.pid for pid in actor_pids for c in psutil.Process(pid).children(recursive=True)
-                     if c.ppid() != pid)
+    return sorted(c.pid for pid in actor_pids for c in psutil.Process(pid).children(recursive=True)
+                  if c.ppid() != pid)
+
+
+def kill_a_verifier(actor_pids: Sequence[int], rng: random.Random) -> bool:
+    """SIGKILL one verifier process, picked at random."""
+    victims = verifier_pids(actor_pids)
     if victims:
         os.kill(rng.choice(victims), signal.SIGKILL)
     return bool(victims)
+
+
+class BusySampler(threading.Thread):
+    """Every ``period`` s, whether each verifier process is runnable (state R: scoring, or waiting for
+    a core) or asleep (S: waiting for work).  A saturated pool is runnable ~all the time, however few
+    cores other jobs leave it; sampled on its own clock, not at the calls' boundaries."""
+
+    def __init__(self, period: float = 0.005):
+        super().__init__(daemon=True)
+        self.period, self.pids, self.counts, self.stop = period, [], [0, 0], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.period):
+            for state in map(_proc_state, list(self.pids)):
+                if state in ("R", "S", "D"):
+                    self.counts[0] += 1
+                    self.counts[1] += state == "R"
+
+    def take(self) -> float:
+        """Runnable fraction since the last call."""
+        (n, r), self.counts = self.counts, [0, 0]
+        return r / n if n else float("nan")
 
 
 # --------------------------------------------------------------------------- pool: the soak
@@ -175,6 +211,7 @@ class PoolSoak:
         self.all_round_trips: list[float] = []
         self.in_flight: dict[Any, tuple] = {}  # call ref -> (submit time, expected rewards)
         self.pending: dict[Any, dict[str, float]] = {}  # metrics ref -> the interval row it completes
+        self.busy = BusySampler()
 
     def _submit(self) -> None:
         samples, labels, expected = self.load.next()
@@ -206,13 +243,15 @@ class PoolSoak:
         row = {"t_min": t / 60, "answers_per_s": returned / dt, "rt_p50_s": _pctl(self.round_trips, 0.5),
                "rt_p99_s": _pctl(self.round_trips, 0.99), "kills": self.tally["kills"],
                "crashed": self.reasons.get("crashed", 0), "timeouts": self.reasons.get("timeout", 0),
-               "rss_mib": self.samples[-1]["rss"], "uss_mib": self.samples[-1]["uss"], "replaced": 0.0}
+               "rss_mib": self.samples[-1]["rss"], "uss_mib": self.samples[-1]["uss"], "replaced": 0.0,
+               "runnable": self.busy.take()}
         self.intervals.append(row)
         self.pending.update({ref: row for ref in [a.metrics.remote() for a in self.group.actors]})
         self.all_round_trips += self.round_trips
         self.round_trips = []
         print(f"  {row['t_min']:.1f} min: {row['answers_per_s']:,.0f} answers/s, round trip p99 "
-              f"{row['rt_p99_s']:.3f} s, RSS {row['rss_mib']:.0f} MiB, {self.tally['lost']} lost", flush=True)
+              f"{row['rt_p99_s']:.3f} s, verifiers runnable {row['runnable']:.2f}, "
+              f"RSS {row['rss_mib']:.0f} MiB, {self.tally['lost']} lost", flush=True)
 
     def _counters_back(self, ref: Any) -> None:
         import ray
@@ -226,27 +265,30 @@ class PoolSoak:
         end, next_sample, next_row = t0 + 60 * a.minutes, t0, t0 + a.interval
         next_kill = t0 + a.kill_every if a.kill_every else float("inf")
         row_returned, row_start = 0, t0
+        self.busy.start()
         while True:
             now = time.monotonic()
             while now < end and len(self.in_flight) < depth:
                 self._submit()
-            if next_kill <= now < end:
-                self.tally["kills"] += kill_a_verifier(self.actor_pids, self.rng)
-                next_kill += a.kill_every
             last = now >= end and not self.in_flight
             if now >= next_sample or last:
                 self.samples.append({"t_s": now - t0, **pool_memory(self.actor_pids)})
+                self.busy.pids = verifier_pids(self.actor_pids)
                 next_sample += a.sample
-            if now >= next_row or last:
+            if now >= next_row or (last and now - row_start > a.interval / 2):  # no stub row for the drain
                 self._interval(now - t0, self.tally["returned"] - row_returned, now - row_start)
                 row_returned, row_start, next_row = self.tally["returned"], now, next_row + a.interval
             if last:
                 break
+            if next_kill <= now < end:  # after the sample: none lands between a kill and the replacement
+                self.tally["kills"] += kill_a_verifier(self.actor_pids, self.rng)
+                next_kill += a.kill_every
             wake = min(next_sample, next_row, next_kill, end if now < end else float("inf"))
             ready, _ = ray.wait([*self.in_flight, *self.pending], num_returns=1, timeout=max(0.0, wake - now))
             for ref in ready:
                 self._returned(ref) if ref in self.in_flight else self._counters_back(ref)
         self.seconds = time.monotonic() - t0
+        self.busy.stop.set()
         for ref in list(self.pending):
             self._counters_back(ref)
         self.counters = _sum_metrics(ray.get([x.metrics.remote() for x in self.group.actors]))
@@ -258,6 +300,8 @@ def memory_summary(samples: list[dict[str, float]], warmup_s: float) -> dict[str
            "uss_start": body[0]["uss"], "uss_end": body[-1]["uss"], "samples_fitted": len(body)}
     for key in ("rss", "uss", "actor_rss", "helpers_rss", "verifiers_rss", "driver_rss"):
         out[f"{key}_slope"] = _slope([s["t_s"] / 60 for s in body], [s[key] for s in body])  # MiB/min
+    half = body[len(body) // 2:]
+    out["rss_slope_2nd_half"] = _slope([s["t_s"] / 60 for s in half], [s["rss"] for s in half])
     dt = max(body[-1]["t_s"] - body[0]["t_s"], 1e-9)
     for role in ("actor", "verifiers", "driver"):  # cores busy, on average, after the warm-up
         out[f"{role}_cores"] = (body[-1][f"{role}_cpu"] - body[0][f"{role}_cpu"]) / dt
@@ -287,11 +331,15 @@ def soak_pool(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         ray.shutdown()
     t = soak.tally
+    memory = memory_summary(soak.samples, args.warmup)
+    if soak.counters.get("processes_replaced"):  # a replaced process took its CPU seconds with it
+        memory["verifiers_cores"] = float("nan")
     result = {"mode": "pool", "args": vars(args), "verifier": dataclasses.asdict(cfg.verifier),
               "seconds": soak.seconds, **t, "reasons": soak.reasons, "pool_counters": soak.counters,
               "answers_per_s": t["returned"] / soak.seconds, "calls": len(soak.all_round_trips),
               "rt_p50_s": _pctl(soak.all_round_trips, 0.5), "rt_p99_s": _pctl(soak.all_round_trips, 0.99),
-              "canary_written": canary.exists(), "memory": memory_summary(soak.samples, args.warmup),
+              "canary_written": canary.exists(), "memory": memory,
+              "runnable": statistics.fmean(row["runnable"] for row in soak.intervals),
               "intervals": soak.intervals, "samples": soak.samples,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     print_pool(result)
@@ -300,23 +348,25 @@ def soak_pool(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_pool(r: dict[str, Any]) -> None:
     m, c = r["memory"], r["pool_counters"]
-    print("\n| t min | answers/s | round trip p50 s | p99 s | timeouts | crashed | kills | replaced "
-          "| RSS MiB | USS MiB |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| t min | answers/s | round trip p50 s | p99 s | verifiers runnable | timeouts | crashed "
+          "| kills | replaced | RSS MiB | USS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for row in r["intervals"]:  # timeouts .. replaced: totals so far
         print(f"| {row['t_min']:.1f} | {row['answers_per_s']:,.0f} | {row['rt_p50_s']:.3f} "
-              f"| {row['rt_p99_s']:.3f} | {row['timeouts']} | {row['crashed']} | {row['kills']} "
-              f"| {row['replaced']:.0f} | {row['rss_mib']:.0f} | {row['uss_mib']:.0f} |")
+              f"| {row['rt_p99_s']:.3f} | {row['runnable']:.2f} | {row['timeouts']} | {row['crashed']} "
+              f"| {row['kills']} | {row['replaced']:.0f} | {row['rss_mib']:.0f} | {row['uss_mib']:.0f} |")
     print(f"\n{r['seconds'] / 60:.1f} min; load avg {r['loadavg_before'][0]:.2f} before, "
-          f"{r['loadavg_after'][0]:.2f} after; canary written: {r['canary_written']}")
+          f"{r['loadavg_after'][0]:.2f} after; verifier processes runnable {r['runnable']:.2f} of the time; "
+          f"canary written: {r['canary_written']}")
     print("| answers returned | hostile | lost | wrong rewards | timeouts | crashed | errors | kills "
           "| processes replaced |\n|---|---|---|---|---|---|---|---|---|")
     print(f"| {r['returned']:,} of {r['submitted']:,} | {r['hostile']:,} | {r['lost']} | {r['wrong']} "
           f"| {c.get('timeouts', 0):.0f} | {c.get('crashes', 0):.0f} | {c.get('errors', 0):.0f} "
           f"| {r['kills']} | {c.get('processes_replaced', 0):.0f} |")
     print("\n| answers/s | round trip p50 / p99 s | RSS MiB start / mid / end | RSS slope MiB/min "
-          "| USS slope MiB/min |\n|---|---|---|---|---|")
+          "(2nd half) | USS slope MiB/min |\n|---|---|---|---|---|")
     print(f"| {r['answers_per_s']:,.0f} | {r['rt_p50_s']:.3f} / {r['rt_p99_s']:.3f} | {m['rss_start']:.0f} / "
-          f"{m['rss_mid']:.0f} / {m['rss_end']:.0f} | {m['rss_slope']:+.2f} | {m['uss_slope']:+.2f} |")
+          f"{m['rss_mid']:.0f} / {m['rss_end']:.0f} | {m['rss_slope']:+.2f} ({m['rss_slope_2nd_half']:+.2f}) "
+          f"| {m['uss_slope']:+.2f} |")
     print(f"RSS slopes MiB/min: actor {m['actor_rss_slope']:+.2f}, fork server + tracker "
           f"{m['helpers_rss_slope']:+.2f}, verifier processes {m['verifiers_rss_slope']:+.2f}, "
           f"(bench driver {m['driver_rss_slope']:+.2f}); cores busy after the warm-up: actor "
@@ -331,14 +381,6 @@ def fault_plan(seed: int, steps: int, first: int = 2) -> dict[int, str]:
     kinds = ["rollout", "verifier", "trainer"]
     rng.shuffle(kinds)
     return dict(zip(sorted(rng.sample(range(first, steps + 1), len(kinds))), kinds))
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "?"
 
 
 class Faults:
@@ -444,6 +486,28 @@ def soak_run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def compare_runs(run_a: str, run_b: str, steps: int) -> dict[str, Any]:
+    """The final parameters (trainer checkpoint of step ``steps``) and the per-step metrics of two runs."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from rlvr.loop.metrics import merge_steps, read_metrics
+
+    def params(run_dir: str) -> dict[str, Any]:
+        out = os.path.join(run_dir, f"params_{steps}.pt")
+        dcp_to_torch_save(os.path.join(run_dir, "checkpoints", f"step_{steps:06d}", "trainer"), out)
+        return torch.load(out, weights_only=False)["model"]
+
+    pa, pb = params(run_a), params(run_b)
+    rows = [merge_steps(read_metrics(os.path.join(d, "metrics.jsonl"))) for d in (run_a, run_b)]
+    keys = ("reward/mean", "train/loss", "policy/entropy", "eval/accuracy")
+    same = set(pa) == set(pb)
+    return {"params_bit_exact": same and all(torch.equal(pa[k], pb[k]) for k in pa),
+            "params_max_abs_diff": max(float((pa[k].float() - pb[k].float()).abs().max()) for k in pa)
+            if same else float("nan"),
+            "rows_differing": sum(any(a.get(k) != b.get(k) for k in keys) for a, b in zip(*rows))}
+
+
 def print_run(r: dict[str, Any]) -> None:
     evals, c, nan = r["eval"], r["counters"], float("nan")
     faults = "; ".join(f"{f['kind']} {f['victim']} {f['delay_s']:.2f}s into step {f['step']} "
@@ -462,6 +526,12 @@ def print_run(r: dict[str, Any]) -> None:
     print("held-out accuracy by step: " + ", ".join(f"{s}: {100 * a:.1f}%" for s, a in sorted(evals.items())))
     if r["error"]:
         print(f"error: {r['error']}")
+    if "baseline" in r:
+        b, c = r["baseline"], r["baseline"]["compare"]
+        evals = ", ".join(f"{100 * a:.1f}%" for a in b["eval"].values())
+        print(f"baseline without faults ({b['wall_s']:.0f} s): held-out {evals}; final parameters bit-exact: "
+              f"{c['params_bit_exact']} (max |diff| {c['params_max_abs_diff']:.1e}); steps whose "
+              f"reward/loss/entropy/eval differ: {c['rows_differing']}")
 
 
 # --------------------------------------------------------------------------- command line
@@ -481,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--steps", type=int, default=200)
     run.add_argument("--checkpoint-every", type=int, default=10)
     run.add_argument("--eval-every", type=int, default=50)
-    run.add_argument("--no-faults", action="store_true", help="the same run without kills (baseline)")
+    run.add_argument("--no-faults", action="store_true", help="the same run without kills")
+    run.add_argument("--baseline", action="store_true", help="then the same run without kills, compared")
     run.add_argument("--run-dir", default="", help="default: a new temporary directory")
     for sp in (pool, run):
         sp.add_argument("--seed", type=int, default=0)
@@ -489,6 +560,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sp.add_argument("overrides", nargs="*", help="key=value overrides of configs/quickstart_cpu.yaml")
     args = p.parse_args(argv)
     result = soak_pool(args) if args.mode == "pool" else soak_run(args)
+    if args.mode == "run" and args.baseline and result["finished"]:
+        base = soak_run(argparse.Namespace(**{**vars(args), "no_faults": True, "run_dir": ""}))
+        result["baseline"] = {**base, "compare": compare_runs(result["run_dir"], base["run_dir"], args.steps)}
+        print_run(result)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
