@@ -91,11 +91,14 @@ def test_comparison_at_equal_steps_and_equal_samples(tmp_path):
     assert b["at_budget"]["mean"] == pytest.approx(0.5) and a["at_budget"]["mean"] == pytest.approx(0.4)
     assert a["final_entropy"]["mean"] == pytest.approx(0.5 + (1 + 2 + 3 + 4) / 4)  # the last 5 (here 4) steps
     assert b["samples"]["mean"] == 512 and a["train_seconds"]["mean"] == 8.0
+    # paired by seed against the reference (a: no grpo here, so the first): 0.9 - 0.5 and 0.7 - 0.3
+    assert data["reference"] == "a" and "after_vs_reference" not in a
+    assert b["after_vs_reference"]["mean"] == pytest.approx(0.4) and b["after_vs_reference"]["std"] == pytest.approx(0)
     band = data["methods"]["b"]["accuracy"]
     assert band["step"] == [0, 2, 4] and band["mean"] == pytest.approx([0.1, 0.5, 0.8])
     assert band["hi"][1] - 0.5 == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
     table = Path(paths["md"]).read_text()
-    assert "| b | 2 | 80.0 ± " in table and "held-out at 256 samples" in table and "1 unfinished" in table
+    assert "| b | 2 | 80.0 ± " in table and "| +40.0 ± 0.0 |" in table and "held-out at 256 samples" in table and "1 unfinished" in table
     assert os.path.getsize(paths["png"]) > 10_000
     os.remove(paths["png"])
     assert compare.is_sweep(str(tmp_path)) and not compare.is_sweep(str(tmp_path / "a" / "seed0"))

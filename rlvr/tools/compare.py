@@ -12,7 +12,8 @@ counted.  Per method (= config name) over its seeds:
   method: held-out after the last step, the gain over step 0, the mean over every evaluation after
   step 0 (the area under the learning curve, which separates fast from slow learners that end on
   the same plateau), held-out **at an equal number of generated samples**, the final entropy, the
-  samples generated and the training seconds.
+  samples generated, the training seconds, and the held-out difference from a reference method
+  (``grpo`` when the sweep has it) paired by seed.
 
 Equal samples: methods that sample more per step (Reinforce-Ada's extra rounds, DAPO's dynamic
 sampling) buy accuracy with generation.  The budget is the smallest mean total of
@@ -98,7 +99,8 @@ def summarize(runs: List[Dict[str, Any]], tail: int = 5) -> Dict[str, Any]:
     for r in runs:
         methods.setdefault(r["method"], []).append(r)
     budget = min(statistics.fmean(r["samples"] for r in rs) for rs in methods.values())
-    out: Dict[str, Any] = {"budget_samples": budget, "methods": {}}
+    reference = "grpo" if "grpo" in methods else next(iter(methods))
+    out: Dict[str, Any] = {"budget_samples": budget, "reference": reference, "methods": {}}
     for method, rs in methods.items():
         first, last = min(rs[0]["accuracy"]), max(rs[0]["accuracy"])
         rows = {
@@ -111,7 +113,18 @@ def summarize(runs: List[Dict[str, Any]], tail: int = 5) -> Dict[str, Any]:
         out["methods"][method] = {"seeds": sorted(r["seed"] for r in rs), "last_step": last,
                                   "accuracy": band(rs, "accuracy"), "entropy": band(rs, "entropy"),
                                   "table": {k: interval(v) for k, v in rows.items()}}
+    for method, rs in methods.items():
+        if method != reference:
+            out["methods"][method]["table"]["after_vs_reference"] = paired(rs, methods[reference])
     return out
+
+
+def paired(runs: List[Dict[str, Any]], reference: List[Dict[str, Any]]) -> Dict[str, float]:
+    """Held-out after the last step minus the reference method's, seed by seed (the 95% interval of the
+    per-seed differences).  A seed fixes the prompt order and the sampling seed of both runs, so the
+    pairing removes the seed-to-seed spread that the two methods share."""
+    last = {r["seed"]: r["accuracy"][max(r["accuracy"])] for r in reference}
+    return interval([r["accuracy"][max(r["accuracy"])] - last[r["seed"]] for r in runs if r["seed"] in last])
 
 
 def markdown(summary: Dict[str, Any]) -> str:
@@ -120,18 +133,22 @@ def markdown(summary: Dict[str, Any]) -> str:
     def pct(iv: Dict[str, float], sign: str = "") -> str:
         return f"{100 * iv['mean']:{sign}.1f} ± {100 * (iv['hi'] - iv['mean']):.1f}"
 
-    budget = summary["budget_samples"]
-    lines = [f"| method | seeds | held-out after | gain (pts) | AUC (mean held-out) | held-out at {budget:.0f} samples "
-             "| final entropy | samples generated | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    budget, ref = summary["budget_samples"], summary["reference"]
+    lines = [f"| method | seeds | held-out after | gain (pts) | after − {ref}, paired (pts) | AUC (mean held-out) "
+             f"| held-out at {budget:.0f} samples | final entropy | samples generated | step time s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for method, m in summary["methods"].items():
         t = m["table"]
-        lines.append(f"| {method} | {t['gain']['n']} | {pct(t['after'])} | {pct(t['gain'], '+')} | {pct(t['auc'])} "
+        vs = pct(t["after_vs_reference"], "+") if "after_vs_reference" in t else "–"
+        lines.append(f"| {method} | {t['gain']['n']} | {pct(t['after'])} | {pct(t['gain'], '+')} | {vs} | {pct(t['auc'])} "
                      f"| {pct(t['at_budget'])} | {t['final_entropy']['mean']:.3f} ± "
                      f"{t['final_entropy']['hi'] - t['final_entropy']['mean']:.3f} | {t['samples']['mean']:.0f} "
                      f"| {t['train_seconds']['mean']:.0f} |")
     return "\n".join(lines) + ("\n\nmean ± half-width of the 95% t-interval over seeds; AUC: mean held-out "
                                "accuracy over the evaluations after step 0; held-out at equal samples: at "
-                               "each run's last evaluation within the smallest method's mean sample count.\n")
+                               "each run's last evaluation within the smallest method's mean sample count; step time: "
+                               "the sum of the steps' time/step (start-up and evaluation left out); paired: the "
+                               f"per-seed difference from {ref} (same seed = same prompts and sampling seed).\n")
 
 
 def plot(summary: Dict[str, Any], png_path: str) -> None:
