@@ -1,5 +1,7 @@
 """Contract of the verifier registry: names, signature, never raising, format composition."""
 
+import random
+
 import pytest
 
 from rlvr import config
@@ -86,3 +88,18 @@ def test_normalize_removes_only_presentation():
     for raw, key in cases.items():
         assert normalize(raw).key == key, raw
     assert normalize("") is None and normalize("1" * 2000) is None
+
+
+def test_gsm8k_last_number_from_the_tail_equals_the_full_scan():
+    # reference: every match listed, keep the last; random texts dense in number characters (signs,
+    # thousands groups, decimals, "$") and in the characters the look-behinds test
+    from rlvr.verifiers.gsm8k import _NUMBER, last_number_token
+
+    rng = random.Random(0)
+    alphabet = "0123456789" * 3 + ",,..$$--  ab)x"
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        found = _NUMBER.findall(text)
+        assert last_number_token(text) == (found[-1] if found else None), text
+    huge = "\\boxed{" + "1+" * 500_000 + "1} and -12,345.5 left"
+    assert last_number_token(huge) == "-12,345.5" and last_number_token("no digits " * 1000) is None

@@ -40,8 +40,7 @@ def _to_fraction(token: str) -> Optional[Fraction]:
         return None
 
 
-def _numbers(text: str) -> list:
-    return _NUMBER.findall(text)
+_NUMBER_CHARS = "0123456789,.$-"  # every character a _NUMBER match can contain
 
 
 def _first_number(text: str) -> Optional[Fraction]:
@@ -49,9 +48,30 @@ def _first_number(text: str) -> Optional[Fraction]:
     return _to_fraction(m.group(0)) if m else None
 
 
+def last_number_token(text: str) -> Optional[str]:
+    """The last ``_NUMBER`` match of ``text`` (= ``findall(text)[-1]``), found without a full scan.
+
+    A hostile 1 MB answer holds ~500k numbers (listing them all to keep one cost ~135 ms) or none
+    (the regex still tries every position: ~90 ms).  Every match ends with a digit and holds only
+    ``_NUMBER_CHARS``, and a digit is always inside some match, so the last match ends at the last
+    digit and lies in the run of number characters around it: scan only that run.  Its start
+    follows a character no match contains, so no match of the full scan straddles it, and look-behinds
+    still see the text before ``pos``; the character after the last digit is no digit, as the end of
+    the scanned range is not.
+    """
+    last_digit = max(map(text.rfind, "0123456789"))
+    if last_digit < 0:
+        return None
+    start = len(text[:last_digit].rstrip(_NUMBER_CHARS))
+    last = None
+    for last in _NUMBER.finditer(text, start, last_digit + 1):
+        pass
+    return last.group(0) if last else None
+
+
 def _last_number(text: str) -> Optional[Fraction]:
-    found = _numbers(text)
-    return _to_fraction(found[-1]) if found else None
+    token = last_number_token(text)
+    return _to_fraction(token) if token is not None else None
 
 
 def extract_hash(response: str) -> Optional[Fraction]:
