@@ -24,6 +24,7 @@ import pickle
 import re
 import shutil
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 _log = logging.getLogger(__name__)
@@ -202,7 +203,9 @@ def _load_dcp_model(model: Any, path: str) -> None:
         if tuple(stored[f"model.{key}"].size) != tuple(tensor.shape):
             raise CheckpointError(f"{path}/trainer: {key[3:]} has shape {tuple(stored[f'model.{key}'].size)}, "
                                   f"the model of the saved config {tuple(tensor.shape)}")
-    dcp.load({"model": wanted}, checkpoint_id=os.path.join(path, "trainer"))  # in place, into the model
+    with warnings.catch_warnings():  # one process by design: torch's "assuming a single process" notice
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": wanted}, checkpoint_id=os.path.join(path, "trainer"), no_dist=True)  # in place
 
 
 def _base_model(cfg: Any) -> Tuple[Any, Any]:
