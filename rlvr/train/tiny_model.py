@@ -6,7 +6,7 @@ cores, and -- the point of it -- starts bad but not hopeless on the held-out
 arithmetic task (greedy accuracy ~10-25%) so that a short GRPO run (8 prompts x
 8 samples a step) visibly raises it.  We build a real ``Qwen2ForCausalLM``
 (head size 32: vLLM's CPU attention supports none smaller, see
-``rlvr.config.VLLM_CPU_HEAD_DIMS``) with a byte-level ``tokenizers``
+``rlvr.config_checks.VLLM_CPU_HEAD_DIMS``) with a byte-level ``tokenizers``
 vocabulary.
 
 Why the warm-start teacher writes answers out.  Stopping a plain supervised
