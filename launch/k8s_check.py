@@ -18,15 +18,14 @@ build``) and every object is checked five ways; each finding is one line naming 
 4. This project's policy: token auth with a named Secret, a ClusterIP head, no ingress, hardened
    non-root containers, pinned images, CPU/memory requests and limits, /dev/shm on GPU Pods.
 5. With ``--config``: every actor pool of an rlvr config selects exactly one worker group by
-   its Ray node labels and fits in it (per actor, and in total up to ``maxReplicas``).
+   its Ray node labels and fits in it (per actor, and in total up to ``maxReplicas``);
+   :mod:`launch.k8s_pools`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
 import re
 import shutil
 import subprocess
@@ -39,12 +38,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from launch.k8s_pools import pool_errors
+
 CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
 K8S_VERSION = "1.31.0"  # oldest Kubernetes the manifests must be valid for
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")  # rayjob_types.go
 MIN_TOKEN_AUTH_RAY = (2, 52, 0)  # validation.go: authOptions.mode=token needs Ray >= 2.52.0
 MAX_NAME = {"RayCluster": 53, "RayJob": 47}  # utils/constant.go MaxRayClusterNameLength (- 6)
-POOL_LABEL = "rlvr.io/pool"
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 Obj = dict[str, Any]
@@ -346,85 +346,6 @@ def _pod_errors(pod: Obj) -> list[str]:
             missing = [r for r in ("cpu", "memory") if r not in (res.get(kind) or {})]
             if missing:
                 err.append(f"container {cname}: resources.{kind} lacks {', '.join(missing)}")
-    return err
-
-
-# --------------------------------------------------------------------------- 5. pools vs groups
-def quantity(text: Any) -> float:
-    """A Kubernetes quantity ("500m", "64Gi", "2", 1.5) as a number."""
-    m = re.fullmatch(r"([+-]?[0-9.]+(?:[eE][+-]?\d+)?)(m|[KMGTPE]i?|k)?", str(text).strip())
-    if not m:
-        raise ValueError(f"not a quantity: {text!r}")
-    scale = {None: 1, "m": 1e-3, "k": 1e3, "K": 1e3}
-    for i, s in enumerate("KMGTPE", start=1):
-        scale.update({s + "i": 1024.0**i, s: scale.get(s, 1000.0**i)})
-    return float(m.group(1)) * scale[m.group(2)]
-
-
-def node_resources(group: Obj) -> dict[str, float]:
-    """The Ray resources one Pod of ``group`` advertises, derived as KubeRay does."""
-    container = group["template"]["spec"]["containers"][0]
-    res = container.get("resources") or {}
-    limits = {**(res.get("requests") or {}), **(res.get("limits") or {})}
-    out = {"CPU": quantity(limits.get("cpu", 0)), "GPU": quantity(limits.get("nvidia.com/gpu", 0)),
-           "memory": quantity(limits.get("memory", 0))}
-    params = group.get("rayStartParams") or {}
-    for key, name in (("num-cpus", "CPU"), ("num-gpus", "GPU"), ("memory", "memory")):
-        if key in params:
-            out[name] = float(params[key])
-    out.update({k: float(v) for k, v in json.loads(params.get("resources", "{}").strip("'\"") or "{}").items()})
-    out.update({k: quantity(v) for k, v in (group.get("resources") or {}).items()})
-    return out
-
-
-def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    """Ray label-selector semantics: value, !value, in(a,b), !in(a,b)."""
-    for key, want in selector.items():
-        have = labels.get(key)
-        negate, want = want.startswith("!"), want.lstrip("!")
-        options = want[3:-1].split(",") if want.startswith("in(") and want.endswith(")") else [want]
-        if (have in [o.strip() for o in options]) == negate:
-            return False
-    return True
-
-
-def pool_errors(spec: Obj, cfg: Any) -> list[str]:
-    """Can every pool of ``cfg`` (an RLConfig) be placed on the worker groups of ``spec``?"""
-    err = []
-    groups = spec.get("workerGroupSpecs") or []
-    # Actors per pool, as rlvr/loop/groups.py creates them: the verifier is one RewardPool actor
-    # running verifier.num_workers processes.
-    pools = {"rollout": (cfg.rollout, cfg.rollout.num_workers), "trainer": (cfg.trainer, cfg.trainer.num_workers),
-             "verifier": (cfg.verifier, 1)}
-    head_labels = spec.get("headGroupSpec", {}).get("labels") or {}
-    for pname, (pool, actors) in pools.items():
-        if not pool.label_selector:
-            err.append(f"{pname}: no label_selector, so its actors may land on any node")
-            continue
-        if selects(pool.label_selector, head_labels):
-            err.append(f"{pname}: label_selector {pool.label_selector} matches the head")
-        matched = [g for g in groups if selects(pool.label_selector, g.get("labels") or {})]
-        if len(matched) != 1:
-            err.append(f"{pname}: label_selector {pool.label_selector} matches {len(matched)} worker groups "
-                       f"({[g.get('groupName') for g in matched]}), expected exactly 1")
-            continue
-        group = matched[0]
-        gname, node = group.get("groupName"), node_resources(group)
-        per_actor = {"CPU": pool.num_cpus, "GPU": pool.num_gpus, **pool.resources}
-        per_node = math.inf
-        for res, amount in per_actor.items():
-            if amount <= 0:
-                continue
-            if node.get(res, 0.0) < amount:
-                err.append(f"{pname}: each actor asks {res}={amount:g}, a '{gname}' Pod offers {node.get(res, 0.0):g}")
-                per_node = 0
-            else:
-                per_node = min(per_node, math.floor(node[res] / amount + 1e-9))
-        if per_node and per_node != math.inf and math.ceil(actors / per_node) > group.get("maxReplicas", 0):
-            err.append(f"{pname}: {actors} actors need {math.ceil(actors / per_node)} '{gname}' Pods, "
-                       f"maxReplicas is {group.get('maxReplicas')}")
-        if pname == "rollout" and pool.tensor_parallel_size > node.get("GPU", 0):
-            err.append(f"rollout: tensor_parallel_size {pool.tensor_parallel_size} exceeds the GPUs of a '{gname}' Pod")
     return err
 
 

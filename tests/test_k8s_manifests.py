@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch import k8s_check
+from launch import k8s_check, k8s_pools
 from rlvr.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_sizes_differ(rendered):
     """The overlays really resize (a silently skipped patch would leave the base)."""
     def gpus(size):
         spec = only(rendered[f"overlays/{size}/cluster"], "RayCluster")["spec"]
-        return [k8s_check.node_resources(g)["GPU"] * g["maxReplicas"] for g in spec["workerGroupSpecs"]]
+        return [k8s_pools.node_resources(g)["GPU"] * g["maxReplicas"] for g in spec["workerGroupSpecs"]]
     assert gpus("small") == [1, 1, 0]
     assert gpus("8xh100") == [8, 4, 0]
 
@@ -173,7 +173,7 @@ def test_pools_fit_their_worker_groups(rendered, size):
     cfg = load_config([str(REPO / f"configs/cluster_{size}.yaml")])
     for kind in ("cluster", "job"):
         obj = rendered[f"overlays/{size}/{kind}"][0]
-        assert k8s_check.pool_errors(k8s_check.cluster_spec(obj), cfg) == []
+        assert k8s_pools.pool_errors(k8s_check.cluster_spec(obj), cfg) == []
 
 
 def test_the_deepspeed_offload_example_fits_the_8xh100_groups(rendered):
@@ -182,16 +182,16 @@ def test_the_deepspeed_offload_example_fits_the_8xh100_groups(rendered):
         "deepspeed", 3, "cpu")
     for kind in ("cluster", "job"):
         obj = rendered[f"overlays/8xh100/{kind}"][0]
-        assert k8s_check.pool_errors(k8s_check.cluster_spec(obj), cfg) == []
+        assert k8s_pools.pool_errors(k8s_check.cluster_spec(obj), cfg) == []
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_each_pool_has_a_group_of_its_own(rendered, size):
     spec = only(rendered[f"overlays/{size}/cluster"], "RayCluster")["spec"]
-    roles = [g.get("labels", {}).get(k8s_check.POOL_LABEL) for g in spec["workerGroupSpecs"]]
+    roles = [g.get("labels", {}).get(k8s_pools.POOL_LABEL) for g in spec["workerGroupSpecs"]]
     assert sorted(roles) == ["reward", "rollout", "trainer"]
-    assert k8s_check.POOL_LABEL not in spec["headGroupSpec"].get("labels", {})
-    gpu = {g["labels"][k8s_check.POOL_LABEL]: k8s_check.node_resources(g)["GPU"] for g in spec["workerGroupSpecs"]}
+    assert k8s_pools.POOL_LABEL not in spec["headGroupSpec"].get("labels", {})
+    gpu = {g["labels"][k8s_pools.POOL_LABEL]: k8s_pools.node_resources(g)["GPU"] for g in spec["workerGroupSpecs"]}
     assert gpu["rollout"] > 0 and gpu["trainer"] > 0 and gpu["reward"] == 0
 
 
@@ -206,11 +206,11 @@ def test_a_pool_cannot_ask_what_no_group_offers(rendered):
         "rollout.tensor_parallel_size=2": "tensor_parallel_size 2 exceeds",
     }
     for override, want in cases.items():
-        errors = k8s_check.pool_errors(spec, load_config([path], [override]))
+        errors = k8s_pools.pool_errors(spec, load_config([path], [override]))
         assert any(want in e for e in errors), (override, errors)
     cfg = load_config([path])
     cfg.verifier.label_selector = {}  # a YAML merge cannot empty a mapping
-    assert "verifier: no label_selector, so its actors may land on any node" in k8s_check.pool_errors(spec, cfg)
+    assert "verifier: no label_selector, so its actors may land on any node" in k8s_pools.pool_errors(spec, cfg)
 
 
 @pytest.mark.parametrize("size", SIZES)
