@@ -34,7 +34,7 @@ from rlvr.verifiers import compute_reward, gsm8k, math_answer, symbolic
 from rlvr.verifiers.latex import normalize
 from rlvr.verifiers.pool import VerifierPool
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "eval"
 Case = Tuple[str, str, str, float]  # (verifier, response, gold answer, expected reward)
 
 

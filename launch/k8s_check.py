@@ -40,7 +40,7 @@ import yaml
 
 from launch.k8s_pools import pool_errors
 
-CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
+CRD_DIR = Path(__file__).resolve().parents[1] / "k8s" / "crds"  # KubeRay v1.7.0, SOURCE.md there
 K8S_VERSION = "1.31.0"  # oldest Kubernetes the manifests must be valid for
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")  # rayjob_types.go
 MIN_TOKEN_AUTH_RAY = (2, 52, 0)  # validation.go: authOptions.mode=token needs Ray >= 2.52.0

@@ -26,7 +26,7 @@ from rlvr.data import (
 from rlvr.data.arithmetic import HELDOUT_EVERY, make_prompt, problem_space
 from rlvr.data.readers import read_jsonl, read_parquet
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parent / "data" / "eval"
 GSM8K = SHARED_DATA / "gsm8k_test.jsonl"
 MATH500 = SHARED_DATA / "math500_test.jsonl"
 MALFORMED = Path(__file__).resolve().parent / "data" / "gsm8k_malformed.jsonl"

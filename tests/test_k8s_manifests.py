@@ -1,7 +1,7 @@
 """The KubeRay manifests in k8s/: rendered with the real kustomize, validated offline.
 
 Every kustomization (k8s/setup, k8s/base and each overlay) is rendered by `kubectl kustomize`
-and checked by launch/k8s_check.py against KubeRay v1.7's CRD schemas in shared/kuberay-crds
+and checked by launch/k8s_check.py against KubeRay v1.7's CRD schemas in k8s/crds
 (strict, as KubeRay's openapi2jsonschema.py converts them), the strict core Kubernetes schemas
 of kubernetes-validate, the operator's own admission rules (submissionMode included, which the
 CRD leaves a bare string) and our security policy.  The cluster configs in configs/ are checked
@@ -24,7 +24,7 @@ from rlvr.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
-CRDS = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
+CRDS = k8s_check.CRD_DIR
 FIXTURES = Path(__file__).resolve().parent / "fixtures_k8s"
 SIZES = ("small", "8xh100")
 KUSTOMIZATIONS = ("setup", "base", *(f"overlays/{s}/{kind}" for s in SIZES for kind in ("cluster", "job")))

@@ -1,6 +1,6 @@
 """Verifiers on the real evaluation sets: every row of GSM8K test and MATH-500 (no sampling).
 
-Data: ``../shared/data/`` from the repository root (see ``shared/data/SOURCE.md``).
+Data: ``tests/data/eval/`` (see its ``SOURCE.md``).
 """
 
 import json
@@ -13,8 +13,7 @@ from rlvr.verifiers import VERIFIERS
 from rlvr.verifiers.gsm8k import gsm8k_reward
 from rlvr.verifiers.latex import normalize
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"evaluation data folder {DATA} is absent")
+DATA = Path(__file__).resolve().parent / "data" / "eval"
 
 # MATH-500 rows whose gold worked solution does not score 1.0 against its own answer, with the
 # reason.  Empty: for all 500 rows the last \boxed{} of the solution is equivalent to the answer
